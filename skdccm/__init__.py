@@ -1,0 +1,7 @@
+"""skdccm: deep image clustering (DCCM, CRLC) with the scikit-learn API."""
+
+from .dccm import DCCMClustering
+
+__version__ = "0.1.0"
+
+__all__ = ["DCCMClustering", "__version__"]

@@ -1,0 +1,328 @@
+"""The estimator base class shared by every method: parameters, validation, fit, predict.
+
+This is the only module that speaks scikit-learn. A method subclass adds its parameters,
+its presets and three hooks: ``_build`` (network and objective), ``_train_spec`` and
+``_infer`` (probabilities and embedding of a batch).
+"""
+
+from __future__ import annotations
+
+import copy
+import numbers
+import warnings
+from dataclasses import replace
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    ClusterMixin,
+    TransformerMixin,
+)
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import Tensor, nn
+
+from .data import ArraySource, InputLayout, check_image_size, infer_layout, value_range
+from .training import TrainResult, TrainSpec, resolve_device, train
+
+#: dtypes kept as stored; anything else numeric is converted to float32 once.
+STORED_DTYPES = (np.uint8, np.float32, np.float64)
+
+
+class DeepClusteringBase(
+    ClusterMixin, TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator
+):
+    """Shared machinery of :class:`~skdccm.DCCMClustering` and :class:`~skdccm.CRLCClustering`.
+
+    Not meant to be used directly. Subclasses define ``__init__`` (parameters only),
+    ``_presets`` and the hooks ``_build``, ``_train_spec``, ``_infer`` and
+    ``_reorder_clusters``.
+    """
+
+    #: preset name -> {parameter: value} for every parameter left as None by the user
+    _presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    # ------------------------------------------------------------------------------------
+    # scikit-learn API
+    # ------------------------------------------------------------------------------------
+
+    def fit(self, X, y=None):
+        """Train the network on ``X`` and assign ``labels_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), (n_samples, H, W), \
+(n_samples, H, W, C) or (n_samples, C, H, W)
+            Training samples. uint8 images are scaled to [0, 1]; floats are used as given.
+            2-D input is flat features, or flattened images when ``image_shape`` is set.
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        params = self._resolved_params()
+        X, layout = self._validate_input(X, reset=True)
+        n_samples = X.shape[0]
+        if n_samples < self.n_clusters:
+            raise ValueError(f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}")
+
+        device = resolve_device(self.device)
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        source = ArraySource(X, layout, device)
+        layout = _with_range(layout, value_range(source))
+        source.layout = layout
+
+        # Initialisation draws from torch's global RNG: fork it so the user's stream is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module, objective = self._build(layout, params)
+        module.to(device)
+        objective.to(device)
+
+        spec = self._train_spec(params, n_samples, layout)
+        generator = torch.Generator().manual_seed(seed)
+        device_generator = torch.Generator(device=device).manual_seed(seed + 1)
+        result: TrainResult = train(
+            module, objective, source, spec, generator, device_generator,
+            callbacks=_as_list(self.callbacks), owner=self,
+        )
+        if result.n_epochs == 0:
+            raise RuntimeError("training was interrupted before its first epoch ended; "
+                               "there is no model to keep")
+
+        self.module_ = result.module.cpu().eval()
+        self.device_ = device
+        self.input_shape_ = layout.sample_shape
+        self.history_ = result.history
+        self.n_iter_ = result.n_epochs
+        self.preset_params_ = params
+        # Number clusters by decreasing size on the training data: labels are then
+        # consecutive from 0 even when some clusters end up empty.
+        proba, _ = self._infer_array(X, layout, want_embedding=False)
+        sizes = np.bincount(proba.argmax(axis=1), minlength=self.n_clusters)
+        order = np.argsort(-sizes, kind="stable")
+        self._reorder_clusters(self.module_, torch.as_tensor(order))
+        self.labels_ = np.argsort(order)[proba.argmax(axis=1)]
+        return self
+
+    def predict(self, X):
+        """Cluster of each sample: the argmax of the clustering head.
+
+        Parameters
+        ----------
+        X : array-like, same layout as in ``fit``
+            Samples to assign.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            Cluster index of each sample, in ``[0, n_clusters)``.
+        """
+        return self.predict_proba(X).argmax(axis=1)
+
+    def predict_proba(self, X):
+        """Soft cluster assignments: the clustering head's softmax.
+
+        Parameters
+        ----------
+        X : array-like, same layout as in ``fit``
+            Samples to assign.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_clusters)
+            Rows sum to one (float32).
+        """
+        check_is_fitted(self, "module_")
+        X, layout = self._validate_input(X, reset=False)
+        return self._infer_array(X, layout, want_embedding=False)[0]
+
+    def transform(self, X):
+        """The learned embedding of each sample (the input of the clustering head).
+
+        Parameters
+        ----------
+        X : array-like, same layout as in ``fit``
+            Samples to embed.
+
+        Returns
+        -------
+        embedding : ndarray of shape (n_samples, n_features_out)
+            float32.
+        """
+        check_is_fitted(self, "module_")
+        X, layout = self._validate_input(X, reset=False)
+        return self._infer_array(X, layout, want_embedding=True)[1]
+
+    @property
+    def _n_features_out(self) -> int:
+        """Width of ``transform``'s output (used by ``get_feature_names_out``)."""
+        check_is_fitted(self, "module_")
+        probe = torch.zeros(2, *self.input_shape_)
+        with torch.no_grad():
+            return int(self._infer(self.module_.eval(), probe)[1].shape[1])
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        try:
+            tags.non_deterministic = resolve_device(self.device).type != "cpu"
+        except ValueError:
+            tags.non_deterministic = True
+        tags.input_tags.three_d_array = True
+        # transform always returns float32, whatever the input dtype.
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if "module_" in state:  # weights travel on CPU, whatever device they were used on
+            state["module_"] = copy.deepcopy(state["module_"]).cpu()
+        return state
+
+    # ------------------------------------------------------------------------------------
+    # hooks for the methods
+    # ------------------------------------------------------------------------------------
+
+    def _build(self, layout: InputLayout, params: dict[str, Any]) -> tuple[nn.Module, nn.Module]:
+        raise NotImplementedError
+
+    def _train_spec(self, params: dict[str, Any], n_samples: int,
+                    layout: InputLayout) -> TrainSpec:
+        raise NotImplementedError
+
+    def _infer(self, module: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
+        """``(probabilities (B, K), embedding (B, E))`` of a batch, in eval mode."""
+        raise NotImplementedError
+
+    def _reorder_clusters(self, module: nn.Module, order: Tensor) -> None:
+        """Permute the clustering head's outputs so that new cluster j is old ``order[j]``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------
+    # shared helpers
+    # ------------------------------------------------------------------------------------
+
+    def _resolved_params(self) -> dict[str, Any]:
+        """Preset values for every parameter left as None, then explicit values on top."""
+        name = type(self).__name__
+        if self.preset not in self._presets:
+            raise ValueError(f"{name}: unknown preset {self.preset!r}; choose one of "
+                             + ", ".join(repr(p) for p in self._presets))
+        if not isinstance(self.n_clusters, numbers.Integral) or isinstance(self.n_clusters,
+                                                                             bool):
+            raise TypeError(f"{name}: n_clusters must be an int, got {self.n_clusters!r}")
+        if self.n_clusters < 2:
+            raise ValueError(f"{name}: n_clusters={self.n_clusters} must be at least 2")
+        params = dict(self._presets[self.preset])
+        for key in params:
+            value = getattr(self, key)
+            if value is not None:
+                params[key] = value
+        for key in ("max_iter", "batch_size", "predict_batch_size", "checkpoint_every"):
+            value = params.get(key, getattr(self, key, None))
+            if value is not None and (not isinstance(value, numbers.Integral) or value < 1):
+                raise ValueError(f"{name}: {key}={value!r} must be a positive int")
+        if params.get("learning_rate", 1.0) <= 0:
+            raise ValueError(f"{name}: learning_rate={params['learning_rate']!r} must be > 0")
+        if self.tol < 0:
+            raise ValueError(f"{name}: tol={self.tol!r} must be >= 0")
+        if self.precision not in ("auto", "float32", "bf16", "fp16"):
+            raise ValueError(f"{name}: precision={self.precision!r}; choose 'auto', "
+                             "'float32', 'bf16' or 'fp16'")
+        if self.verbose not in (0, 1, 2, True, False):
+            raise ValueError(f"{name}: verbose={self.verbose!r} must be 0, 1 or 2")
+        return params
+
+    def _validate_input(self, X, *, reset: bool) -> tuple[np.ndarray, InputLayout]:
+        name = type(self).__name__
+        if not reset:
+            # Compare image sizes before scikit-learn's feature-count check, whose message
+            # would speak of "features" where the user passed images of another size.
+            shape = _shape_of(X)
+            if shape is not None and len(shape) > 2:
+                layout = infer_layout(shape, np.dtype(np.float32), image_shape=None,
+                                      channels=self.channels, owner=name)
+                check_image_size(layout, self.input_shape_, name)
+        X = validate_data(
+            self, X, reset=reset, allow_nd=True, dtype=list(STORED_DTYPES),
+            ensure_min_samples=2 if reset else 1, accept_sparse=False,
+        )
+        layout = infer_layout(X.shape, X.dtype, image_shape=self.image_shape,
+                              channels=self.channels, owner=name)
+        if not reset:
+            check_image_size(layout, self.input_shape_, name)
+        return X, layout
+
+    def _infer_array(self, X: np.ndarray, layout: InputLayout,
+                     *, want_embedding: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Stream ``X`` through the network in fixed batches, without gradient."""
+        device = self._inference_device()
+        module = self.module_ if device.type == "cpu" else copy.deepcopy(self.module_).to(device)
+        module.eval()
+        batch_size = int(self.predict_batch_size)
+        while True:
+            try:
+                return self._stream(module, ArraySource(X, layout, device), batch_size,
+                                    want_embedding)
+            except torch.cuda.OutOfMemoryError:
+                if batch_size == 1:
+                    raise
+                torch.cuda.empty_cache()
+                batch_size = max(1, batch_size // 2)
+                warnings.warn(f"CUDA out of memory while predicting; retrying with "
+                              f"predict_batch_size={batch_size}", RuntimeWarning, stacklevel=3)
+
+    def _stream(self, module: nn.Module, source: ArraySource, batch_size: int,
+                want_embedding: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        probas, embeddings = [], []
+        with torch.no_grad():
+            for batch in source.batches(batch_size):
+                proba, embedding = self._infer(module, batch)
+                probas.append(proba.float().cpu().numpy())
+                if want_embedding:
+                    embeddings.append(embedding.float().cpu().numpy())
+        proba = np.concatenate(probas)
+        return proba, np.concatenate(embeddings) if want_embedding else None
+
+    def _inference_device(self) -> torch.device:
+        """The training device when it is available here, else CPU (a GPU model on a laptop)."""
+        device = getattr(self, "device_", torch.device("cpu"))
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return torch.device("cpu")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            return torch.device("cpu")
+        return device
+
+    def _fingerprint(self, layout: InputLayout, params: dict[str, Any]) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed by this fit."""
+        return {"estimator": type(self).__name__, "n_clusters": int(self.n_clusters),
+                "sample_shape": list(layout.sample_shape),
+                "backbone": str(self.backbone), "preset": str(self.preset)}
+
+
+def _with_range(layout: InputLayout, bounds: tuple[float, float]) -> InputLayout:
+    return replace(layout, value_range=bounds)
+
+
+def _shape_of(X) -> tuple[int, ...] | None:
+    shape = getattr(X, "shape", None)
+    if shape is None:
+        try:
+            shape = np.shape(X)
+        except ValueError:
+            return None
+    return tuple(shape)
+
+
+def _as_list(callbacks) -> list:
+    if callbacks is None:
+        return []
+    if callable(callbacks) or hasattr(callbacks, "on_epoch_end"):
+        return [callbacks]
+    return list(callbacks)

@@ -1,0 +1,220 @@
+"""From user arrays to validated float32 batches on the training device.
+
+The estimator validates ``X`` once (dtype, finiteness, sample count) and this module decides
+how each sample is laid out (flat features or a ``(C, H, W)`` image), then serves batches of
+``(B, C, H, W)`` (or ``(B, d)``) float32 tensors gathered by index. Arrays stay as given:
+a NumPy array or memory map is never copied whole; on CUDA the data is moved to the device
+once, as stored (uint8 stays uint8), when it fits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+CHANNEL_COUNTS = (1, 3, 4)
+
+
+@dataclass(frozen=True)
+class InputLayout:
+    """How a stored sample maps onto the network's input.
+
+    Attributes
+    ----------
+    sample_shape : tuple of int
+        ``(C, H, W)`` for images, ``(d,)`` for flat features: what the network sees.
+    stored_shape : tuple of int
+        The per-sample shape of the user's array (``(H, W, C)`` when channels-last).
+    channels_last : bool
+        Whether stored images are ``(H, W, C)`` and must be permuted.
+    scale : float
+        Factor applied after casting to float32 (``1/255`` for uint8 input).
+    value_range : tuple of float
+        Smallest and largest value of the scaled training data, used by augmentations
+        that shift intensities relative to the data's range.
+    """
+
+    sample_shape: tuple[int, ...]
+    stored_shape: tuple[int, ...]
+    channels_last: bool
+    scale: float
+    value_range: tuple[float, float] = (0.0, 1.0)
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.sample_shape) == 3
+
+
+def infer_layout(
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    *,
+    image_shape: tuple[int, ...] | None,
+    channels: str | None,
+    owner: str,
+) -> InputLayout:
+    """Decide the network-side shape of each sample from the array's shape.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Shape of the whole validated array, ``(n_samples, ...)``.
+    dtype : numpy dtype
+        Its dtype; uint8 is scaled to [0, 1].
+    image_shape : tuple of int or None
+        ``(C, H, W)`` or ``(H, W)`` for 2-D input holding flattened images.
+    channels : {"first", "last"} or None
+        Where the channel axis is; None infers it (see the user guide).
+    owner : str
+        Estimator name used in error messages.
+    """
+    if channels not in (None, "first", "last"):
+        raise ValueError(f"{owner}: channels={channels!r} must be None, 'first' or 'last'")
+    scale = 1.0 / 255.0 if dtype == np.uint8 else 1.0
+    stored = tuple(int(s) for s in shape[1:])
+    ndim = len(shape)
+
+    if ndim == 2:
+        if image_shape is None:
+            return InputLayout((stored[0],), stored, False, scale)
+        dims = tuple(int(s) for s in image_shape)
+        if len(dims) not in (2, 3) or min(dims) <= 0:
+            raise ValueError(
+                f"{owner}: image_shape={image_shape!r} must be (C, H, W) or (H, W) of "
+                "positive sizes"
+            )
+        if len(dims) == 2:
+            dims = (1, *dims)
+        if int(np.prod(dims)) != stored[0]:
+            raise ValueError(
+                f"{owner}: image_shape={tuple(image_shape)!r} needs {int(np.prod(dims))} "
+                f"features per sample, X has {stored[0]}"
+            )
+        c, h, w = dims
+        if channels == "last":
+            return InputLayout((c, h, w), (h, w, c), True, scale)
+        return InputLayout((c, h, w), dims, False, scale)
+
+    if image_shape is not None:
+        raise ValueError(
+            f"{owner}: image_shape is only for 2-D X of flattened images; X has shape "
+            f"{tuple(shape)!r}, whose image size is already known"
+        )
+    if ndim == 3:
+        h, w = stored
+        return InputLayout((1, h, w), stored, False, scale)
+    if ndim == 4:
+        last = channels == "last" or (channels is None and stored[-1] in CHANNEL_COUNTS)
+        if last:
+            h, w, c = stored
+            return InputLayout((c, h, w), stored, True, scale)
+        return InputLayout(stored, stored, False, scale)
+    raise ValueError(
+        f"{owner}: X must be 2-D (n_samples, n_features), 3-D (n, H, W) or 4-D images "
+        f"(n, H, W, C) / (n, C, H, W); got {ndim}-D with shape {tuple(shape)!r}"
+    )
+
+
+def check_image_size(layout: InputLayout, fitted: tuple[int, ...], owner: str) -> None:
+    """Raise when samples given to ``predict`` differ from those seen in ``fit``."""
+    if layout.sample_shape != tuple(fitted):
+        raise ValueError(
+            f"{owner} was fitted on samples of shape {tuple(fitted)!r} (C, H, W) but X holds "
+            f"samples of shape {layout.sample_shape!r}; resize the images or refit"
+        )
+
+
+def to_network_input(raw: Tensor, layout: InputLayout) -> Tensor:
+    """Cast a gathered batch to float32, scale it and put channels first.
+
+    ``raw`` is ``(B, *stored_shape)`` in the stored dtype; the result is
+    ``(B, *sample_shape)`` float32, contiguous.
+    """
+    batch = raw.to(torch.float32)
+    if layout.scale != 1.0:
+        batch = batch.mul_(layout.scale)
+    if layout.is_image and layout.channels_last:
+        batch = batch.reshape(-1, *layout.stored_shape).permute(0, 3, 1, 2)  # (B, C, H, W)
+    elif layout.is_image:
+        batch = batch.reshape(-1, *layout.sample_shape)                      # (B, C, H, W)
+    return batch.contiguous()
+
+
+class ArraySource:
+    """Serve batches of a validated array by index, on a given device.
+
+    On CPU the array is read in place (a memory map is read batch by batch). On an
+    accelerator the whole array is copied there once, in its stored dtype, when it takes
+    less than ``device_fraction`` of the free device memory; otherwise batches are gathered
+    on the host and copied with pinned, non-blocking transfers.
+    """
+
+    def __init__(
+        self,
+        array: np.ndarray,
+        layout: InputLayout,
+        device: torch.device,
+        *,
+        device_fraction: float = 0.5,
+    ) -> None:
+        self.array = array
+        self.layout = layout
+        self.device = device
+        self._resident: Tensor | None = None
+        if device.type != "cpu" and _fits_on_device(array.nbytes, device, device_fraction):
+            self._resident = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def resident(self) -> bool:
+        """Whether the data lives on the (non-CPU) device."""
+        return self._resident is not None
+
+    def gather(self, index: Tensor) -> Tensor:
+        """Samples at ``index`` as a ``(B, *sample_shape)`` float32 tensor on the device."""
+        if self._resident is not None:
+            raw = self._resident.index_select(0, index.to(self.device))
+        else:
+            rows = index.cpu().numpy()
+            raw = torch.from_numpy(np.ascontiguousarray(self.array[rows]))
+            if self.device.type == "cuda":
+                raw = raw.pin_memory().to(self.device, non_blocking=True)
+            elif self.device.type != "cpu":
+                raw = raw.to(self.device)
+        return to_network_input(raw, self.layout)
+
+    def batches(self, batch_size: int):
+        """Yield consecutive ``(B, *sample_shape)`` batches in input order."""
+        n = len(self)
+        for start in range(0, n, batch_size):
+            yield self.gather(torch.arange(start, min(start + batch_size, n)))
+
+
+def value_range(source: ArraySource, batch_size: int = 4096) -> tuple[float, float]:
+    """Smallest and largest scaled value, read batch by batch."""
+    low, high = np.inf, -np.inf
+    for batch in source.batches(batch_size):
+        low = min(low, float(batch.min()))
+        high = max(high, float(batch.max()))
+    return low, high
+
+
+def _fits_on_device(nbytes: int, device: torch.device, fraction: float) -> bool:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return nbytes < fraction * free
+    return True
+
+
+def even_splits(index: Tensor, max_size: int) -> tuple[Tensor, ...]:
+    """Split ``index`` into the fewest parts of at most ``max_size``, sizes within one.
+
+    Even sizes keep BatchNorm away from a trailing batch of one sample.
+    """
+    n_parts = max(1, -(-len(index) // max_size))
+    return torch.tensor_split(index, n_parts)

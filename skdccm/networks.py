@@ -1,0 +1,287 @@
+"""Backbones, clustering heads and the mutual-information discriminator.
+
+Every backbone maps ``(N, C, H, W)`` images (or ``(N, d)`` features) to a pair
+``(shallow, features)``: ``shallow`` is an early feature map ``(N, C_s, h, w)`` (DCCM's
+"shallow layer feature", used by the mutual-information loss) and ``features`` the pooled
+vector ``(N, F)`` that the heads read.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class DCCMOutput(NamedTuple):
+    """What the DCCM network returns for a batch of N samples."""
+
+    shallow: Tensor      # (N, C_s, h, w) first pooled feature map
+    embedding: Tensor    # (N, E) the vector that feeds the last linear layer (``transform``)
+    deep: Tensor         # (N, K) last linear layer, before its BatchNorm (DCCM's deep feature)
+    logits: Tensor       # (N, K) BatchNorm of ``deep``; softmax gives the cluster probabilities
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, padding: int) -> nn.Sequential:
+    """3x3 convolution, BatchNorm, ReLU: the unit of the paper's shallow AlexNet."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=padding, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ShallowAlexNet(nn.Module):
+    """The CNN of DCCM's released CIFAR code, sized to the input.
+
+    conv 3x3 C->64, conv 64->64, max-pool 2 (the shallow map), conv 64->128, max-pool 2,
+    conv 128->256, global average pool (the released code's 4x4 average pool at 32x32).
+    The released network uses unpadded convolutions; below 24 pixels they would shrink the
+    map to nothing, so small images (8x8 and 16x16 digits) use padding 1.
+
+    Parameters
+    ----------
+    in_channels : int
+        Image channels.
+    image_size : tuple of int
+        ``(H, W)``; decides the padding.
+    """
+
+    def __init__(self, in_channels: int, image_size: tuple[int, int]) -> None:
+        super().__init__()
+        if min(image_size) < 4:
+            raise ValueError(f"images of {image_size} pixels are too small for the CNN (min 4)")
+        pad = 0 if min(image_size) >= 24 else 1
+        self.shallow = nn.Sequential(
+            conv_bn_relu(in_channels, 64, pad),
+            conv_bn_relu(64, 64, pad),
+            nn.MaxPool2d(2),
+        )
+        self.deep = nn.Sequential(
+            conv_bn_relu(64, 128, pad),
+            nn.MaxPool2d(2, ceil_mode=True),
+            conv_bn_relu(128, 256, pad),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        shallow = self.shallow(x)                            # (N, 64, h, w)
+        return shallow, self.deep(shallow)                   # (N, 256)
+
+
+class MLP(nn.Module):
+    """Backbone for flat features: two Linear-BN-ReLU layers.
+
+    The first hidden layer, seen as a ``(N, hidden[0], 1, 1)`` map, is the shallow feature.
+    """
+
+    def __init__(self, n_features: int, hidden: tuple[int, int] = (512, 256)) -> None:
+        super().__init__()
+        self.first = nn.Sequential(nn.Linear(n_features, hidden[0]), nn.BatchNorm1d(hidden[0]),
+                                   nn.ReLU(inplace=True))
+        self.second = nn.Sequential(nn.Linear(hidden[0], hidden[1]), nn.BatchNorm1d(hidden[1]),
+                                    nn.ReLU(inplace=True))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.first(x.flatten(1))                         # (N, 512)
+        return h[:, :, None, None], self.second(h)           # (N, 512, 1, 1), (N, 256)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (two 3x3 convolutions and a shortcut)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x), inplace=True)
+
+
+RESNET_LAYERS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+
+
+class ResNet(nn.Module):
+    """ResNet-18/34 with the CIFAR stem (3x3 convolution, stride 1, no max-pool).
+
+    The ImageNet stem (7x7 stride 2 and a max-pool) throws away three quarters of a 32x32
+    image's resolution. The output of ``layer1`` is the shallow map; the pooled 512-d vector
+    of ``layer4`` is the feature.
+    """
+
+    def __init__(self, in_channels: int, blocks: tuple[int, int, int, int]) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+        )
+        widths = (64, 128, 256, 512)
+        layers, in_width = [], 64
+        for i, (width, count) in enumerate(zip(widths, blocks, strict=True)):
+            stride = 1 if i == 0 else 2
+            stage = [BasicBlock(in_width, width, stride)]
+            stage += [BasicBlock(width, width, 1) for _ in range(count - 1)]
+            layers.append(nn.Sequential(*stage))
+            in_width = width
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        for m in self.modules():
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.bn2.weight)  # each block starts as the identity
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        shallow = self.layer1(self.stem(x))                  # (N, 64, H, W)
+        h = self.layer4(self.layer3(self.layer2(shallow)))   # (N, 512, H/8, W/8)
+        return shallow, torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)   # (N, 512)
+
+
+def build_backbone(name: str, sample_shape: tuple[int, ...]) -> nn.Module:
+    """Build a named backbone for samples of ``sample_shape`` (``(C, H, W)`` or ``(d,)``)."""
+    is_image = len(sample_shape) == 3
+    if name == "auto":
+        name = "conv" if is_image else "mlp"
+    if name == "mlp":
+        return MLP(int(torch.tensor(sample_shape).prod()))
+    if not is_image:
+        raise ValueError(
+            f"backbone={name!r} needs images; X holds flat features of shape {sample_shape}. "
+            "Pass image_shape=(C, H, W) for flattened images or use backbone='mlp'"
+        )
+    if name == "conv":
+        return ShallowAlexNet(sample_shape[0], sample_shape[1:])
+    if name in RESNET_LAYERS:
+        return ResNet(sample_shape[0], RESNET_LAYERS[name])
+    raise ValueError(
+        f"unknown backbone {name!r}; choose one of 'auto', 'conv', 'mlp', 'resnet18', "
+        "'resnet34', or pass a torch.nn.Module class or instance"
+    )
+
+
+def init_identity_(layer: nn.Linear) -> None:
+    """DCCM's initialisation of linear layers: ones on the diagonal, zero bias."""
+    nn.init.eye_(layer.weight)
+    nn.init.zeros_(layer.bias)
+
+
+class DCCMNetwork(nn.Module):
+    """Backbone plus DCCM's head: Linear F->E + BN + ReLU, Linear E->K, BN over the K logits.
+
+    Parameters
+    ----------
+    backbone : nn.Module
+        Returns ``(shallow map, feature vector)``.
+    n_features : int
+        Width F of the backbone's feature vector.
+    n_clusters : int
+        K.
+    embedding_dim : int, default=64
+        Width E of the embedding returned by ``transform``.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, n_features: int, n_clusters: int, embedding_dim: int = 64
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.embed = nn.Sequential(
+            nn.Linear(n_features, embedding_dim), nn.BatchNorm1d(embedding_dim),
+            nn.ReLU(inplace=True),
+        )
+        self.cluster = nn.Linear(embedding_dim, n_clusters)
+        self.cluster_norm = nn.BatchNorm1d(n_clusters)
+        init_identity_(self.embed[0])
+        init_identity_(self.cluster)
+
+    def forward(self, x: Tensor) -> DCCMOutput:
+        shallow, features = self.backbone(x)                 # (N, C_s, h, w), (N, F)
+        embedding = self.embed(features)                     # (N, E)
+        deep = self.cluster(embedding)                       # (N, K)
+        return DCCMOutput(shallow, embedding, deep, self.cluster_norm(deep))
+
+
+class MIDiscriminator(nn.Module):
+    """Deep InfoMax's local discriminator T(shallow, deep): three 1x1 convolutions.
+
+    The deep vector is repeated over the shallow map's positions and concatenated on
+    channels: ``(C_s + K) -> 512 -> 512 -> 1`` with ReLU between, one score per position.
+    """
+
+    def __init__(self, shallow_channels: int, deep_features: int, hidden: int = 512) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(shallow_channels + deep_features, hidden, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, 1, 1),
+        )
+
+    def forward(self, shallow: Tensor, deep: Tensor) -> Tensor:
+        n, _, h, w = shallow.shape
+        tiled = deep[:, :, None, None].expand(n, deep.shape[1], h, w)   # (N, K, h, w)
+        return self.net(torch.cat([shallow, tiled], dim=1)).flatten(1)  # (N, h*w)
+
+
+def init_kaiming_(module: nn.Module) -> None:
+    """Kaiming-normal convolutions and unit BatchNorm, as in DCCM's released code."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def use_batch_statistics(module: nn.Module) -> None:
+    """Make every BatchNorm normalise with batch statistics, in training and prediction.
+
+    This is DCCM's released code (``track_running_stats=False``); predictions then depend on
+    the batch they are computed in, so predict in large batches.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False
+            m.running_mean = None
+            m.running_var = None
+            m.num_batches_tracked = None
+
+
+def infer_output_shapes(backbone: nn.Module, sample_shape: tuple[int, ...]) -> tuple[int, int]:
+    """Channels of the shallow map and width of the feature vector, from a dry run."""
+    probe = copy.deepcopy(backbone).train()  # a copy: the dry run must not touch BN statistics
+    with torch.no_grad():
+        shallow, features = probe(torch.zeros(2, *sample_shape))
+    if shallow.dim() != 4 or features.dim() != 2:
+        raise ValueError(
+            "a custom backbone must return (shallow map of shape (N, C, h, w), feature vector "
+            f"of shape (N, F)); got shapes {tuple(shallow.shape)} and {tuple(features.shape)}"
+        )
+    return int(shallow.shape[1]), int(features.shape[1])
+
+
+def make_backbone(spec: Any, params: dict | None, sample_shape: tuple[int, ...]) -> nn.Module:
+    """A backbone from a name, an ``nn.Module`` class (with ``params``) or an instance.
+
+    An instance is deep-copied: the user's module is never trained in place.
+    """
+    if isinstance(spec, str):
+        return build_backbone(spec, sample_shape)
+    if isinstance(spec, type) and issubclass(spec, nn.Module):
+        return spec(**(params or {}))
+    if isinstance(spec, nn.Module):
+        return copy.deepcopy(spec)
+    raise TypeError(f"backbone must be a name, an nn.Module class or instance; got {spec!r}")

@@ -1,0 +1,454 @@
+"""The training loop shared by every estimator: epochs, precision, history, checkpoints.
+
+It knows no scikit-learn. An *objective* (an ``nn.Module`` holding the method's own trainable
+parts, such as DCCM's discriminator) supplies two things:
+
+- ``prepare(module, images) -> targets``: computed without gradient on un-augmented images of a
+  *chunk* (DCCM's target batch), or None;
+- ``step(module, images, targets, index, generator) -> StepResult``: the loss of one minibatch
+  (positions ``index`` within the chunk), with its named parts.
+
+One epoch visits every sample once in chunks of ``chunk_size``; each chunk is visited
+``passes_per_chunk`` times in shuffled minibatches, with ``steps_per_batch`` optimiser steps
+(fresh augmentations) per minibatch. DCCM's released loop is 1000 / 10 / 32 / 2; a contrastive
+method uses ``chunk_size == batch_size`` and one pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .data import ArraySource, even_splits
+
+logger = logging.getLogger("skdccm")
+
+CHECKPOINT_FORMAT = "skdccm-checkpoint"
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class StepResult(NamedTuple):
+    """What an objective returns for one minibatch."""
+
+    loss: Tensor                   # () the total, to minimise
+    parts: dict[str, Tensor]       # name -> () detached or not; averaged per epoch for history
+    labels: Tensor | None = None   # (n,) cluster of each sample, if the step computed it
+
+
+class ChunkTargets(NamedTuple):
+    """What ``prepare`` returns: per-chunk tensors the step indexes, plus figures to log."""
+
+    tensors: dict[str, Tensor]
+    labels: Tensor | None          # (N_chunk,) current cluster of each sample
+    stats: dict[str, Tensor]       # name -> () figure averaged over chunks for history
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything the loop needs, resolved and validated by the estimator."""
+
+    max_epochs: int
+    batch_size: int
+    chunk_size: int
+    passes_per_chunk: int = 1
+    steps_per_batch: int = 1
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    lr_schedule: str = "constant"
+    precision: str = "auto"
+    compile: bool = False
+    tol: float = 0.0
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 1
+    resume: bool = False
+    verbose: int = 0
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    module: nn.Module
+    objective: nn.Module
+    history: list[dict[str, Any]]
+    n_epochs: int
+    interrupted: bool = False
+    stopped_by: str | None = None
+
+
+class EarlyStop(Exception):
+    """Raise from a callback to end training after the current epoch."""
+
+
+# ----------------------------------------------------------------------------------------
+# set-up helpers
+# ----------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` picks CUDA, then Apple MPS, then CPU; other values go to ``torch.device``."""
+    if isinstance(device, str) and device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a torch device ('auto', 'cpu', 'cuda', "
+                         "'cuda:1', 'mps')") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available; use device='auto'")
+    return resolved
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (None: plain float32)."""
+    if precision == "float32" or device.type != "cuda":
+        if precision in ("bf16", "fp16") and device.type == "cpu":
+            return torch.bfloat16 if precision == "bf16" else None
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def make_optimizer(params: Sequence[nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
+    """RMSprop (DCCM paper: smoothing 0.9), Adam/AdamW or SGD with momentum.
+
+    Weight decay, when set, applies to weight matrices and kernels only (not to biases or
+    normalisation parameters).
+    """
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": spec.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    lr = spec.learning_rate
+    if spec.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr, alpha=0.9)
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=spec.momentum)
+    raise ValueError(f"unknown optimizer {spec.optimizer!r}; choose 'rmsprop', 'adam', "
+                     "'adamw' or 'sgd'")
+
+
+def steps_per_epoch(n_samples: int, spec: TrainSpec) -> int:
+    """Optimiser steps in one epoch (the loop's sizes are deterministic)."""
+    total = 0
+    for chunk in even_splits(torch.empty(n_samples), spec.chunk_size):
+        total += len(even_splits(chunk, spec.batch_size))
+    return total * spec.passes_per_chunk * spec.steps_per_batch
+
+
+def learning_rate_at(step: int, total_steps: int, spec: TrainSpec) -> float:
+    """Learning rate of optimiser step ``step``: constant, or cosine decay to zero."""
+    if spec.lr_schedule == "constant":
+        return spec.learning_rate
+    if spec.lr_schedule == "cosine":
+        return spec.learning_rate * 0.5 * (1.0 + math.cos(math.pi * step / max(total_steps, 1)))
+    raise ValueError(f"unknown lr_schedule {spec.lr_schedule!r}; choose 'constant' or 'cosine'")
+
+
+# ----------------------------------------------------------------------------------------
+# checkpoints
+# ----------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` and check that it belongs to this fit."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupted, truncated, or a pickle with code in it
+        raise ValueError(
+            f"{path} is not a readable skdccm checkpoint ({type(exc).__name__}: {exc}). "
+            "Delete it or point checkpoint_dir elsewhere"
+        ) from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an skdccm checkpoint")
+    if state.get("fingerprint") != fingerprint:
+        raise ValueError(
+            f"{path} was written by a different configuration ({state.get('fingerprint')}) "
+            f"than this fit ({fingerprint}); use another checkpoint_dir or resume=False"
+        )
+    return state
+
+
+# ----------------------------------------------------------------------------------------
+# progress
+# ----------------------------------------------------------------------------------------
+
+
+def format_record(record: dict[str, Any], max_epochs: int) -> str:
+    """One human-readable line for an epoch's record."""
+    parts = " ".join(f"{k}={v:.4f}" for k, v in record["loss_parts"].items())
+    text = f"epoch {record['epoch']:>{len(str(max_epochs))}}/{max_epochs} loss={record['loss']:.4f}"
+    if parts:
+        text += f" ({parts})"
+    for key in ("confident", "graph_positive"):
+        if key in record:
+            text += f" {key}={record[key]:.1%}"
+    if "cluster_min" in record:
+        text += f" clusters={record['cluster_min']:.1%}..{record['cluster_max']:.1%}"
+    if "label_change" in record:
+        text += f" changed={record['label_change']:.1%}"
+    return text + f" [{record['seconds']:.1f}s]"
+
+
+def report(record: dict[str, Any], spec: TrainSpec, last: bool) -> None:
+    line = format_record(record, spec.max_epochs)
+    logger.info(line)
+    if spec.verbose >= 2:
+        print(line, flush=True)
+    elif spec.verbose == 1:
+        # One updating line: works in terminals and in Jupyter, which both honour \r.
+        sys.stdout.write("\r" + line.ljust(120)[:160] + ("\n" if last else ""))
+        sys.stdout.flush()
+
+
+# ----------------------------------------------------------------------------------------
+# the loop
+# ----------------------------------------------------------------------------------------
+
+
+def train(
+    module: nn.Module,
+    objective: nn.Module,
+    data: ArraySource,
+    spec: TrainSpec,
+    generator: torch.Generator,
+    device_generator: torch.Generator,
+    callbacks: Sequence[Callable[..., Any]] = (),
+    owner: Any = None,
+) -> TrainResult:
+    """Train ``module`` (and the ``objective``'s own parameters) on ``data``.
+
+    Parameters
+    ----------
+    module, objective : nn.Module
+        The network to fit and the method's objective, both already on ``data.device``.
+    data : ArraySource
+        Samples served as float32 batches on the device.
+    spec : TrainSpec
+        Sizes, optimiser, precision, stopping, checkpoints, verbosity.
+    generator : torch.Generator
+        CPU generator for shuffling.
+    device_generator : torch.Generator
+        Generator on ``data.device`` for augmentations and sampling.
+    callbacks : sequence of callables
+        Called as ``cb(owner, record)`` (or ``cb.on_epoch_end(owner, record)``) after each
+        epoch; returning True or raising :class:`EarlyStop` ends training.
+    owner : object
+        Passed to callbacks (the estimator).
+
+    Returns
+    -------
+    TrainResult
+        The trained module (the last complete epoch's weights if interrupted), history and
+        epoch count.
+    """
+    device = data.device
+    n = len(data)
+    params = [p for p in (*module.parameters(), *objective.parameters()) if p.requires_grad]
+    optimizer = make_optimizer(params, spec)
+    per_epoch = steps_per_epoch(n, spec)
+    total_steps = per_epoch * spec.max_epochs
+    learning_rate_at(0, total_steps, spec)  # fail early on an unknown schedule
+    amp_dtype = autocast_dtype(spec.precision, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    forward_module = torch.compile(module) if spec.compile else module
+    n_clusters = int(getattr(objective, "n_clusters", 0))
+    lr = spec.learning_rate
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    previous_labels: Tensor | None = None
+    ckpt_path = Path(spec.checkpoint_dir) / CHECKPOINT_NAME if spec.checkpoint_dir else None
+    if spec.resume and ckpt_path is not None and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, spec.fingerprint)
+        module.load_state_dict(state["module"])
+        objective.load_state_dict(state["objective"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["rng"])
+        device_generator.set_state(state["device_rng"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"])
+        previous_labels = state["labels"].to(device)
+        logger.info("resumed from %s after epoch %d", ckpt_path, start_epoch)
+
+    last_good = _snapshot(module, objective)
+    interrupted, stopped_by = False, None
+    step = start_epoch * per_epoch
+    epoch = start_epoch
+    module.train()
+    objective.train()
+    try:
+        for epoch in range(start_epoch, spec.max_epochs):
+            tic = time.perf_counter()
+            sums: dict[str, Tensor] = {}
+            stat_sums: dict[str, Tensor] = {}
+            labels = torch.full((n,), -1, dtype=torch.long, device=device)
+            n_steps = n_chunks = 0
+            order = torch.randperm(n, generator=generator)
+            for chunk in even_splits(order, spec.chunk_size):
+                images = data.gather(chunk)                                  # (Nc, C, H, W)
+                with torch.no_grad(), _autocast(device, amp_dtype):
+                    targets = objective.prepare(forward_module, images)
+                if targets is not None:
+                    _accumulate(stat_sums, targets.stats)
+                    if targets.labels is not None:
+                        labels[chunk.to(device)] = targets.labels
+                n_chunks += 1
+                for pass_ in range(spec.passes_per_chunk):
+                    within = torch.randperm(len(chunk), generator=generator)
+                    for batch in even_splits(within, spec.batch_size):
+                        batch_dev = batch.to(device)
+                        for _ in range(spec.steps_per_batch):
+                            lr = learning_rate_at(step, total_steps, spec)
+                            for group in optimizer.param_groups:
+                                group["lr"] = lr
+                            with _autocast(device, amp_dtype):
+                                result = objective.step(forward_module, images[batch_dev],
+                                                        targets, batch_dev, device_generator)
+                            optimizer.zero_grad(set_to_none=True)
+                            scaler.scale(result.loss).backward()
+                            scaler.step(optimizer)
+                            scaler.update()
+                            _accumulate(sums, {"loss": result.loss, **result.parts})
+                            if pass_ == 0 and result.labels is not None:
+                                labels[chunk.to(device)[batch_dev]] = result.labels
+                            n_steps += 1
+                            step += 1
+
+            # Epoch end: the one place where figures leave the device.
+            record = _epoch_record(epoch, sums, n_steps, stat_sums, n_chunks, labels,
+                                   previous_labels, n_clusters, lr, time.perf_counter() - tic)
+            _check_finite(record)
+            previous_labels = labels
+            history.append(record)
+            last_good = _snapshot(module, objective)
+            is_last = epoch + 1 == spec.max_epochs
+            stop = _tol_reached(record, spec.tol)
+            if stop:
+                stopped_by = f"label change {record['label_change']:.4%} <= tol={spec.tol}"
+            if _run_callbacks(callbacks, owner, record):
+                stop, stopped_by = True, "callback"
+            report(record, spec, last=is_last or stop)
+            if ckpt_path is not None and ((epoch + 1) % spec.checkpoint_every == 0
+                                          or is_last or stop):
+                save_checkpoint(ckpt_path, {
+                    "format": CHECKPOINT_FORMAT, "version": 1, "fingerprint": spec.fingerprint,
+                    "epoch": epoch + 1, "module": module.state_dict(),
+                    "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
+                    "rng": generator.get_state(), "device_rng": device_generator.get_state(),
+                    "history": history, "labels": labels.cpu(),
+                })
+            if stop:
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        _restore(module, objective, last_good)
+        if spec.verbose == 1:
+            sys.stdout.write("\n")
+        warnings.warn(
+            f"training interrupted during epoch {epoch + 1}; keeping the weights of the last "
+            f"complete epoch ({len(history)})", RuntimeWarning, stacklevel=3,
+        )
+    module.eval()
+    objective.eval()
+    return TrainResult(module, objective, history, len(history), interrupted, stopped_by)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _accumulate(sums: dict[str, Tensor], values: dict[str, Tensor]) -> None:
+    for key, value in values.items():
+        value = value.detach().float()
+        sums[key] = sums[key] + value if key in sums else value
+
+
+def _snapshot(module: nn.Module, objective: nn.Module) -> tuple[dict, dict]:
+    return (copy.deepcopy(module.state_dict()), copy.deepcopy(objective.state_dict()))
+
+
+def _restore(module: nn.Module, objective: nn.Module, snapshot: tuple[dict, dict]) -> None:
+    module.load_state_dict(snapshot[0])
+    objective.load_state_dict(snapshot[1])
+
+
+def _epoch_record(epoch: int, sums: dict[str, Tensor], n_steps: int,
+                  stat_sums: dict[str, Tensor], n_chunks: int, labels: Tensor,
+                  previous: Tensor | None, n_clusters: int, lr: float,
+                  seconds: float) -> dict[str, Any]:
+    means = {k: float(v) / max(n_steps, 1) for k, v in sums.items()}
+    record: dict[str, Any] = {"epoch": epoch + 1, "loss": means.pop("loss")}
+    record["loss_parts"] = means
+    record.update({k: float(v) / max(n_chunks, 1) for k, v in stat_sums.items()})
+    known = labels >= 0
+    if bool(known.any()):
+        counts = torch.bincount(labels[known], minlength=n_clusters).tolist()
+        total = sum(counts)
+        record["cluster_sizes"] = counts
+        record["cluster_min"] = min(counts) / total if len(counts) else 0.0
+        record["cluster_max"] = max(counts) / total
+        if previous is not None:
+            both = known & (previous >= 0)
+            record["label_change"] = float((labels[both] != previous[both]).float().mean())
+    record["lr"] = lr
+    record["seconds"] = seconds
+    return record
+
+
+def _check_finite(record: dict[str, Any]) -> None:
+    bad = [k for k, v in record["loss_parts"].items() if not math.isfinite(v)]
+    if bad or not math.isfinite(record["loss"]):
+        raise FloatingPointError(
+            f"training diverged in epoch {record['epoch']}: non-finite loss "
+            f"({', '.join(bad) or 'total'}). Lower learning_rate, use precision='float32', or "
+            "check the input for extreme values; the last checkpoint was left untouched"
+        )
+
+
+def _tol_reached(record: dict[str, Any], tol: float) -> bool:
+    return tol > 0 and record.get("label_change", math.inf) <= tol
+
+
+def _run_callbacks(callbacks: Sequence[Any], owner: Any, record: dict[str, Any]) -> bool:
+    stop = False
+    for callback in callbacks:
+        hook = getattr(callback, "on_epoch_end", callback)
+        try:
+            stop = bool(hook(owner, record)) or stop
+        except EarlyStop:
+            stop = True
+    return stop
