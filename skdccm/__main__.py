@@ -1,0 +1,8 @@
+"""``python -m skdccm``: the command line (see :mod:`skdccm.cli`)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""End-to-end tests of the command line at tiny sizes, and of its parts."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.cluster import KMeans
+
+import skdccm
+from skdccm import cli
+from skdccm.datasets import load_dataset, load_digits_images
+from skdccm.metrics import clustering_accuracy
+
+pytest.importorskip("matplotlib")
+
+TINY = ["--max-iter", "1", "--batch-size", "16", "--device", "cpu"]
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_digit_folder(root, n):
+    X, y = load_digits_images()
+    for i in range(n):
+        folder = root / f"digit{y[i]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(X[i]).save(folder / f"{i:03d}.png")
+    return X[:n], y[:n]
+
+
+# -- parsing ------------------------------------------------------------------------------
+
+
+def test_parse_methods_presets_and_ablation():
+    methods = cli.parse_methods("dccm, dccm-paper,kmeans,agglomerative")
+    assert [(m.name, m.family, m.preset) for m in methods] == [
+        ("dccm", "dccm", "default"), ("dccm-paper", "dccm", "paper"),
+        ("kmeans", "kmeans", None), ("agglomerative", "agglomerative", None)]
+    expanded = cli.parse_methods("dccm,kmeans", ablation=True)
+    assert [m.name for m in expanded] == ["dccm-M1", "dccm-M2", "dccm-M3", "dccm-M4", "kmeans"]
+    assert [m.ablation for m in expanded] == ["M1", "M2", "M3", "M4", None]
+    with pytest.raises(cli.CommandError, match="unknown method 'spectral'"):
+        cli.parse_methods("dccm,spectral")
+    with pytest.raises(cli.CommandError, match="add dccm"):
+        cli.parse_methods("kmeans", ablation=True)
+    with pytest.raises(cli.CommandError, match="twice"):
+        cli.parse_methods("kmeans,kmeans")
+
+
+def test_flags_map_one_to_one_onto_estimator_parameters():
+    parser = cli.build_parser()
+    args = parser.parse_args(["benchmark", "--dataset", "digits", "--out", "x",
+                              "--max-iter", "3", "--learning-rate", "0.01",
+                              "--param", "alpha=2.5", "--param", "lr_schedule=cosine",
+                              "--param", "image_shape=(1, 8, 8)"])
+    params = cli.estimator_params(args)
+    assert params == {"max_iter": 3, "learning_rate": 0.01, "alpha": 2.5,
+                      "lr_schedule": "cosine", "image_shape": (1, 8, 8)}
+    est = cli.make_estimator(cli.Method("dccm", "dccm", "paper"), 7, 3, params)
+    got = est.get_params()
+    assert (got["max_iter"], got["learning_rate"], got["alpha"], got["n_clusters"],
+            got["preset"], got["random_state"]) == (3, 0.01, 2.5, 7, "paper", 3)
+    args = parser.parse_args(["demo", "--param", "alpha"])
+    with pytest.raises(cli.CommandError, match="NAME=VALUE"):
+        cli.estimator_params(args)
+
+
+def test_errors_are_reported_in_one_line(capsys, tmp_path):
+    assert cli.main([]) == 2
+    rc = cli.main(["benchmark", "--dataset", "digits", "--out", str(tmp_path),
+                   "--methods", "dccm,nope"])
+    assert rc == 1 and "unknown method 'nope'" in capsys.readouterr().err
+    rc = cli.main(["benchmark", "--dataset", "digits", "--out", str(tmp_path),
+                   "--methods", "dccm", "--param", "not_a_parameter=1"])
+    assert rc == 1 and "not_a_parameter" in capsys.readouterr().err
+    rc = cli.main(["benchmark", "--dataset", str(tmp_path / "missing"), "--out",
+                   str(tmp_path), "--methods", "kmeans"])
+    assert rc == 1 and "neither a data set name" in capsys.readouterr().err
+
+
+def test_missing_crlc_is_left_out_of_the_demo_and_refused_by_name(monkeypatch):
+    monkeypatch.delattr(skdccm, "CRLCClustering", raising=False)
+    assert cli.deep_class("crlc") is None
+    with pytest.raises(cli.CommandError, match="CRLCClustering"):
+        cli.make_estimator(cli.Method("crlc", "crlc", "default"), 3, 0, {})
+
+
+def test_peak_memory_sees_a_large_allocation():
+    with cli.PeakMemory() as memory:
+        block = np.ones(64 * 2**20 // 8)  # 64 MB, touched
+        block += 1
+    del block
+    assert memory.peak_mb > 48
+
+
+def test_contact_sheet_layout():
+    images = np.stack([np.full((4, 4), 10 * (i + 1), np.uint8) for i in range(5)])
+    sheet = cli.contact_sheet(images, min_tile=8, pad=1)
+    # 5 images -> 3 columns x 2 rows of 8x8 tiles (enlarged x2), 1 white pixel between
+    assert sheet.shape == (2 * 9 + 1, 3 * 9 + 1)
+    assert sheet[1, 1] == 10 and sheet[8, 8] == 10            # first tile, both corners
+    assert sheet[1, 10] == 20 and sheet[10, 1] == 40          # second and fourth tiles
+    assert sheet[0, 0] == 255 and sheet[1, 9] == 255          # padding
+    assert (sheet[10:18, 19:27] == 255).all()                 # sixth slot stays empty
+    rgb = cli.contact_sheet(np.zeros((2, 40, 40, 3), np.uint8))
+    assert rgb.shape == (44, 86, 3)                           # large enough: not enlarged
+
+
+# -- benchmark ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def benchmark_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    rc = cli.main(["benchmark", "--dataset", "digits", "--n-samples", "40",
+                   "--methods", "dccm,kmeans,agglomerative", "--seeds", "2", "--out", str(out),
+                   *TINY])
+    assert rc == 0
+    return out
+
+
+def test_benchmark_csv(benchmark_dir):
+    rows = read_csv(benchmark_dir / "results.csv")
+    assert tuple(rows[0]) == cli.CSV_COLUMNS
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        (m, s) for m in ("dccm", "kmeans", "agglomerative") for s in ("0", "1")]
+    for row in rows:
+        assert row["status"] == "ok" and row["dataset"] == "digits"
+        assert row["n_samples"] == "40" and row["n_clusters"] == "10"
+        for key in ("acc", "nmi", "bcubed_precision", "bcubed_recall"):
+            assert 0.0 <= float(row[key]) <= 1.0
+        assert -1.0 <= float(row["ari"]) <= 1.0
+        assert float(row["fit_seconds"]) > 0 and row["device"] == "cpu"
+    assert {r["n_iter"] for r in rows if r["method"] == "dccm"} == {"1"}
+    # The scores are those of the real labels: redo KMeans on the same 40 images.
+    X, y = load_dataset("digits", n_samples=40, random_state=0)
+    pixels = X.reshape(40, -1).astype(np.float32) / 255
+    for seed in (0, 1):
+        labels = KMeans(n_clusters=10, n_init=10, random_state=seed).fit_predict(pixels)
+        row = next(r for r in rows if r["method"] == "kmeans" and r["seed"] == str(seed))
+        assert float(row["acc"]) == pytest.approx(clustering_accuracy(y, labels), abs=1e-6)
+
+
+def test_benchmark_markdown_and_summary(benchmark_dir):
+    text = (benchmark_dir / "results.md").read_text()
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| method | ACC | NMI | ARI |")
+    rows = read_csv(benchmark_dir / "results.csv")
+    summary = read_csv(benchmark_dir / "summary.csv")
+    for method, line in zip(("dccm", "kmeans", "agglomerative"), table[2:], strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == method
+        accs = [float(r["acc"]) for r in rows if r["method"] == method]
+        mean, std = (float(v) for v in cells[1].split("±"))
+        assert mean == pytest.approx(np.mean(accs), abs=1e-3)
+        assert std == pytest.approx(np.std(accs), abs=1e-3)
+        entry = next(s for s in summary if s["method"] == method)
+        assert float(entry["acc_mean"]) == pytest.approx(np.mean(accs), abs=1e-6)
+        assert entry["runs"] == "2"
+    assert "python -m skdccm benchmark --dataset digits" in text
+    assert "resident set size" in text
+
+
+def test_benchmark_config(benchmark_dir):
+    config = json.loads((benchmark_dir / "config.json").read_text())
+    for key in ("command", "argv", "dataset", "n_clusters", "seeds", "methods", "versions",
+                "hardware", "memory_measure", "estimator_flags", "plots"):
+        assert key in config
+    assert config["dataset"]["n_samples"] == 40 and config["dataset"]["image_shape"] == [8, 8]
+    assert config["seeds"] == [0, 1]
+    assert config["estimator_flags"] == {"max_iter": 1, "batch_size": 16, "device": "cpu"}
+    dccm = next(m for m in config["methods"] if m["name"] == "dccm")
+    assert dccm["estimator"] == "DCCMClustering" and dccm["preset"] == "default"
+    assert dccm["params"]["max_iter"] == 1
+    # resolved parameters: the flag wins, the preset fills the rest
+    assert dccm["resolved_params"]["max_iter"] == 1
+    assert dccm["resolved_params"]["alpha"] == skdccm.dccm.PRESETS["default"]["alpha"]
+    kmeans = next(m for m in config["methods"] if m["name"] == "kmeans")
+    assert kmeans["params"]["n_init"] == 10
+    assert config["versions"]["torch"] and config["versions"]["scikit-learn"]
+
+
+def test_benchmark_plots(benchmark_dir):
+    config = json.loads((benchmark_dir / "config.json").read_text())
+    expected = {"confusion_dccm.png", "learning_curve_dccm.png", "embedding_dccm.png",
+                "confusion_kmeans.png", "embedding_kmeans.png",
+                "confusion_agglomerative.png", "embedding_agglomerative.png"}
+    assert {p for names in config["plots"].values() for p in names} == expected
+    for name in expected:
+        with Image.open(benchmark_dir / name) as image:
+            image.load()
+            assert image.width >= 300 and image.height >= 300
+            # not a blank canvas
+            assert np.asarray(image.convert("L")).std() > 5
+
+
+def test_benchmark_ablation_and_folder(tmp_path):
+    write_digit_folder(tmp_path / "images", 40)
+    out = tmp_path / "out"
+    rc = cli.main(["benchmark", "--dataset", str(tmp_path / "images"), "--methods", "dccm",
+                   "--ablation", "--seeds", "1", "--out", str(out), "--no-plots", *TINY])
+    assert rc == 0
+    rows = read_csv(out / "results.csv")
+    assert [r["method"] for r in rows] == ["dccm-M1", "dccm-M2", "dccm-M3", "dccm-M4"]
+    assert {r["n_clusters"] for r in rows} == {str(len(np.unique(load_digits_images()[1][:40])))}
+    config = json.loads((out / "config.json").read_text())
+    assert [m["params"]["ablation"] for m in config["methods"]] == ["M1", "M2", "M3", "M4"]
+    assert not list(out.glob("*.png"))
+
+
+def test_benchmark_needs_labels(tmp_path, capsys):
+    (tmp_path / "flat").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), i * 60, np.uint8)).save(tmp_path / "flat" / f"{i}.png")
+    rc = cli.main(["benchmark", "--dataset", str(tmp_path / "flat"), "--methods", "kmeans",
+                   "--out", str(tmp_path / "o")])
+    assert rc == 1 and "has no labels" in capsys.readouterr().err
+
+
+# -- cluster ------------------------------------------------------------------------------
+
+
+def test_cluster_folder(tmp_path, capsys):
+    write_digit_folder(tmp_path / "images", 30)
+    out = tmp_path / "out"
+    rc = cli.main(["cluster", str(tmp_path / "images"), "--n-clusters", "3", "--out",
+                   str(out), "--size", "0", "--per-sheet", "5", *TINY])
+    assert rc == 0
+    rows = read_csv(out / "clusters.csv")
+    assert list(rows[0]) == ["file", "cluster", "confidence"]
+    files = sorted(p.relative_to(tmp_path / "images").as_posix()
+                   for p in (tmp_path / "images").rglob("*.png"))
+    assert [r["file"] for r in rows] == files
+    clusters = np.array([int(r["cluster"]) for r in rows])
+    confidence = np.array([float(r["confidence"]) for r in rows])
+    assert ((clusters >= 0) & (clusters < 3)).all()
+    assert ((confidence >= 1 / 3 - 1e-6) & (confidence <= 1 + 1e-6)).all()
+    sheets = sorted(p.name for p in out.glob("cluster_*.png"))
+    assert sheets == [f"cluster_{k:02d}.png" for k in sorted(set(clusters.tolist()))]
+    for k in set(clusters.tolist()):
+        with Image.open(out / f"cluster_{k:02d}.png") as image:
+            n = min(5, int((clusters == k).sum()))
+            cols = int(np.ceil(np.sqrt(n)))
+            rows_ = int(np.ceil(n / cols))
+            # 8x8 digits are enlarged x4 to 32x32 tiles with 2-pixel gaps
+            assert image.size == (cols * 34 + 2, rows_ * 34 + 2)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cluster_refuses_baselines_and_too_few_images(tmp_path, capsys):
+    write_digit_folder(tmp_path / "images", 3)
+    rc = cli.main(["cluster", str(tmp_path / "images"), "--n-clusters", "2", "--out",
+                   str(tmp_path / "o"), "--method", "kmeans"])
+    assert rc == 1 and "--method 'kmeans'" in capsys.readouterr().err
+    rc = cli.main(["cluster", str(tmp_path / "images"), "--n-clusters", "5", "--out",
+                   str(tmp_path / "o")])
+    assert rc == 1 and "fewer than --n-clusters 5" in capsys.readouterr().err
+
+
+# -- demo ---------------------------------------------------------------------------------
+
+
+def test_demo_quick(capsys):
+    assert cli.main(["demo", "--quick", "--n-samples", "120", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    table = {line.split("|")[1].strip(): line for line in out.splitlines()
+             if line.startswith("| ") and "---" not in line}
+    expected = {"method", "DCCMClustering", "KMeans(n_init=10)"}
+    if getattr(skdccm, "CRLCClustering", None) is not None:
+        expected.add("CRLCClustering")
+    assert set(table) == expected
+    for name in expected - {"method"}:
+        acc = float(table[name].split("|")[2])
+        assert 0.0 <= acc <= 1.0
+    # KMeans on 120 digits is far above chance: the table shows real scores
+    assert float(table["KMeans(n_init=10)"].split("|")[2]) > 0.5
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run([sys.executable, "-m", "skdccm", "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0
+    for command in ("demo", "benchmark", "cluster"):
+        assert command in result.stdout
