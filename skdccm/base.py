@@ -28,8 +28,16 @@ from torch import Tensor, nn
 from .data import ArraySource, InputLayout, check_image_size, infer_layout, value_range
 from .training import TrainResult, TrainSpec, resolve_device, train
 
-#: dtypes kept as stored; anything else numeric is converted to float32 once.
-STORED_DTYPES = (np.uint8, np.float32, np.float64)
+#: dtypes kept as stored; anything else numeric (int64 arrays, lists, mixed frames) is
+#: converted to the first one, float32. uint8 must not come first: check_array casts
+#: every other dtype to the list's first entry, which would truncate floats and wrap ints.
+STORED_DTYPES = (np.float32, np.uint8, np.float64)
+
+#: Inference batches smaller than this are tiled up to it. On CPU, MKL multiplies 1 to 3 rows
+#: on another code path than 4 or more, so a sample predicted alone would differ in the last
+#: bits from the same sample in a batch (scikit-learn's check_methods_subset_invariance).
+#: Tiling whole copies of the batch leaves batch statistics (``bn_batch_stats``) unchanged.
+MIN_INFER_ROWS = 8
 
 
 class DeepClusteringBase(
@@ -217,8 +225,9 @@ class DeepClusteringBase(
         if not isinstance(self.n_clusters, numbers.Integral) or isinstance(self.n_clusters,
                                                                              bool):
             raise TypeError(f"{name}: n_clusters must be an int, got {self.n_clusters!r}")
-        if self.n_clusters < 2:
-            raise ValueError(f"{name}: n_clusters={self.n_clusters} must be at least 2")
+        if self.n_clusters < 1:
+            # 1 is allowed, as in KMeans: a single cluster (scikit-learn's checks use it).
+            raise ValueError(f"{name}: n_clusters={self.n_clusters} must be at least 1")
         params = dict(self._presets[self.preset])
         for key in params:
             value = getattr(self, key)
@@ -283,7 +292,12 @@ class DeepClusteringBase(
         probas, embeddings = [], []
         with torch.no_grad():
             for batch in source.batches(batch_size):
+                n_rows = batch.shape[0]
+                if n_rows < MIN_INFER_ROWS:
+                    copies = -(-MIN_INFER_ROWS // n_rows)
+                    batch = batch.repeat(copies, *([1] * (batch.dim() - 1)))  # (copies*B, ...)
                 proba, embedding = self._infer(module, batch)
+                proba, embedding = proba[:n_rows], embedding[:n_rows]
                 probas.append(proba.float().cpu().numpy())
                 if want_embedding:
                     embeddings.append(embedding.float().cpu().numpy())
@@ -315,7 +329,7 @@ def _shape_of(X) -> tuple[int, ...] | None:
     if shape is None:
         try:
             shape = np.shape(X)
-        except ValueError:
+        except (ValueError, TypeError):  # ragged lists; array-likes refusing __array_function__
             return None
     return tuple(shape)
 
