@@ -165,6 +165,7 @@ def test_benchmark_markdown_and_summary(benchmark_dir):
         assert entry["runs"] == "2"
     assert "python -m skdccm benchmark --dataset digits" in text
     assert "resident set size" in text
+    assert "warm-up" in text
 
 
 def test_benchmark_config(benchmark_dir):
@@ -174,6 +175,7 @@ def test_benchmark_config(benchmark_dir):
         assert key in config
     assert config["dataset"]["n_samples"] == 40 and config["dataset"]["image_shape"] == [8, 8]
     assert config["seeds"] == [0, 1]
+    assert config["runs_done"] == config["runs_planned"] == 6 and config["warmup"] is True
     assert config["estimator_flags"] == {"max_iter": 1, "batch_size": 16, "device": "cpu"}
     dccm = next(m for m in config["methods"] if m["name"] == "dccm")
     assert dccm["estimator"] == "DCCMClustering" and dccm["preset"] == "default"
@@ -204,7 +206,8 @@ def test_benchmark_ablation_and_folder(tmp_path):
     write_digit_folder(tmp_path / "images", 40)
     out = tmp_path / "out"
     rc = cli.main(["benchmark", "--dataset", str(tmp_path / "images"), "--methods", "dccm",
-                   "--ablation", "--seeds", "1", "--out", str(out), "--no-plots", *TINY])
+                   "--ablation", "--seeds", "1", "--out", str(out), "--no-plots",
+                   "--no-warmup", *TINY])
     assert rc == 0
     rows = read_csv(out / "results.csv")
     assert [r["method"] for r in rows] == ["dccm-M1", "dccm-M2", "dccm-M3", "dccm-M4"]
@@ -212,6 +215,22 @@ def test_benchmark_ablation_and_folder(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert [m["params"]["ablation"] for m in config["methods"]] == ["M1", "M2", "M3", "M4"]
     assert not list(out.glob("*.png"))
+    assert "the first run includes" in (out / "results.md").read_text()
+
+
+def test_benchmark_records_failed_runs_and_goes_on(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = cli.main(["benchmark", "--dataset", "digits", "--n-samples", "30", "--methods",
+                   "dccm,kmeans", "--seeds", "1", "--out", str(out), "--no-plots",
+                   "--param", "alpha=-1.0", *TINY])
+    assert rc == 1
+    rows = read_csv(out / "results.csv")
+    assert [(r["method"], r["status"]) for r in rows] == [("dccm", "failed"),
+                                                          ("kmeans", "ok")]
+    assert "alpha=-1.0" in rows[0]["note"] and rows[0]["acc"] == ""
+    table = (out / "results.md").read_text()
+    assert "| dccm | n/a |" in table and "| kmeans | 0." in table
+    assert "Traceback" in capsys.readouterr().err
 
 
 def test_benchmark_needs_labels(tmp_path, capsys):
