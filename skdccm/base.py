@@ -96,10 +96,8 @@ class DeepClusteringBase(
         spec = self._train_spec(params, n_samples, layout)
         generator = torch.Generator().manual_seed(seed)
         device_generator = torch.Generator(device=device).manual_seed(seed + 1)
-        result: TrainResult = train(
-            module, objective, source, spec, generator, device_generator,
-            callbacks=_as_list(self.callbacks), owner=self,
-        )
+        result = self._run_training(module, objective, source, spec, params, generator,
+                                    device_generator)
         if result.n_epochs == 0:
             raise RuntimeError("training was interrupted before its first epoch ended; "
                                "there is no model to keep")
@@ -203,6 +201,14 @@ class DeepClusteringBase(
     def _train_spec(self, params: dict[str, Any], n_samples: int,
                     layout: InputLayout) -> TrainSpec:
         raise NotImplementedError
+
+    def _run_training(self, module: nn.Module, objective: nn.Module, source: ArraySource,
+                      spec: TrainSpec, params: dict[str, Any], generator: torch.Generator,
+                      device_generator: torch.Generator) -> TrainResult:
+        """Run the training loop once. A method may override it to train in stages or to
+        choose among heads after training (it may then set fitted attributes)."""
+        return train(module, objective, source, spec, generator, device_generator,
+                     callbacks=_as_list(self.callbacks), owner=self)
 
     def _infer(self, module: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
         """``(probabilities (B, K), embedding (B, E))`` of a batch, in eval mode."""

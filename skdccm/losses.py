@@ -176,3 +176,186 @@ def marginal_entropy(probs: Tensor, eps: float = 1e-8) -> Tensor:
 def balance_loss(probs: Tensor) -> Tensor:
     """log K - H(p_bar): zero when clusters are used equally, log K when one takes all."""
     return math.log(probs.shape[1]) - marginal_entropy(probs)
+
+
+
+# ----------------------------------------------------------------------------------------
+# CRLC losses (Do et al., ICCV 2021)
+# ----------------------------------------------------------------------------------------
+#
+# Do, Tran, Venkatesh, "Clustering by Maximizing Mutual Information Across Views",
+# ICCV 2021. Two views of each of B images give 2B rows; row a's positive is row
+# (a + B) mod 2B, its other view, and every other row is a negative.
+
+
+def _positive_index(n_pairs: int, device: torch.device) -> Tensor:
+    """Index of each row's other view among ``2 * n_pairs`` rows stacked view by view."""
+    rows = torch.arange(2 * n_pairs, device=device)                               # (2B,)
+    return (rows + n_pairs) % (2 * n_pairs)
+
+
+def _contrastive_from_scores(scores: Tensor) -> Tensor:
+    """InfoNCE per row from log-scores ``(..., 2B, 2B)``, the diagonal excluded.
+
+    ``l_a = -score(a, a+) + log sum_{k != a} exp score(a, k)``; returns ``(..., 2B)``.
+    """
+    n_rows = scores.shape[-1]
+    eye = torch.eye(n_rows, dtype=torch.bool, device=scores.device)
+    scores = scores.masked_fill(eye, float("-inf"))                               # (..., 2B, 2B)
+    positive = _positive_index(n_rows // 2, scores.device)                        # (2B,)
+    pos = scores.gather(-1, positive.expand(*scores.shape[:-1])[..., None])[..., 0]   # (..., 2B)
+    return scores.logsumexp(dim=-1) - pos
+
+
+def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
+    """CRLC's feature-contrastive loss L_FC: NT-Xent (SimCLR) between two views.
+
+    Parameters
+    ----------
+    z1, z2 : Tensor of shape (B, D)
+        Representation-head outputs of the two views, L2-normalised (the critic is then the
+        cosine similarity divided by ``temperature``).
+    temperature : float, default=0.1
+        tau in ``s(a, k) = z_a . z_k / tau`` (CRLC's setting).
+
+    Returns
+    -------
+    Tensor of shape ()
+        ``mean_a [-s(a, a+) + log sum_{k != a} exp s(a, k)]`` over the 2B rows.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.losses import nt_xent_loss
+    >>> z = torch.eye(3)             # three orthogonal unit vectors, the same in both views
+    >>> round(float(nt_xent_loss(z, z)), 4)          # log(1 + 4 exp(-1 / 0.1))
+    0.0002
+    """
+    z = torch.cat([z1, z2]).float()                                               # (2B, D)
+    return _contrastive_from_scores(z @ z.T / temperature).mean()
+
+
+def smooth_probabilities(probs: Tensor, smoothing: float = 0.01) -> Tensor:
+    """Mix each prediction with the uniform distribution, as CRLC's critic needs.
+
+    ``p~ = (1 - smoothing) p + smoothing / K`` keeps every log-of-dot-product finite.
+
+    Parameters
+    ----------
+    probs : Tensor of shape (..., K)
+        Probabilities over K clusters.
+    smoothing : float, default=0.01
+        Weight of the uniform distribution.
+
+    Returns
+    -------
+    Tensor of shape (..., K)
+        Smoothed probabilities (rows still sum to one).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.losses import smooth_probabilities
+    >>> smooth_probabilities(torch.tensor([[1.0, 0.0]]), smoothing=0.1)
+    tensor([[0.9500, 0.0500]])
+    """
+    return (1.0 - smoothing) * probs + smoothing / probs.shape[-1]
+
+
+def probability_contrastive_loss(p1: Tensor, p2: Tensor, smoothing: float = 0.01) -> Tensor:
+    """CRLC's probability-contrastive loss L_PC with the log-of-dot-product critic.
+
+    ``f(a, k) = log(p~_a . p~_k)`` with no temperature, so
+    ``l_a = -log(p~_a . p~_a+ / sum_{k != a} p~_a . p~_k)``. Computed in float32 with autocast
+    off: bf16 dot products of near one-hot vectors lose the small negatives that matter.
+
+    Parameters
+    ----------
+    p1, p2 : Tensor of shape (..., B, K)
+        Softmax outputs of the two views; leading dimensions (e.g. the sub-heads) are kept.
+    smoothing : float, default=0.01
+        Weight of the uniform distribution mixed into each prediction.
+
+    Returns
+    -------
+    Tensor of shape (...)
+        Mean over the 2B rows, one value per leading index (a scalar for 2-D inputs).
+        Identical one-hot views with batch cluster proportions pi and no smoothing give
+        ``sum_c pi_c log(2B pi_c - 1)``, about ``log(2B) - H(pi)``; uniform outputs give
+        ``log(2B - 1)``.
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> from skdccm.losses import probability_contrastive_loss
+    >>> uniform = torch.full((4, 3), 1 / 3)                 # B = 4
+    >>> probability_contrastive_loss(uniform, uniform), round(math.log(2 * 4 - 1), 4)
+    (tensor(1.9459), 1.9459)
+    >>> one_hot = torch.eye(2)[[0, 0, 1, 1]]                # two clusters, pi = (1/2, 1/2)
+    >>> probability_contrastive_loss(one_hot, one_hot, smoothing=0.0)   # log(2B/2 - 1)
+    tensor(1.0986)
+    """
+    with torch.autocast(device_type=p1.device.type, enabled=False):
+        p = smooth_probabilities(torch.cat([p1, p2], dim=-2).float(), smoothing)  # (..., 2B, K)
+        log_dot = (p @ p.transpose(-1, -2)).log()                                 # (..., 2B, 2B)
+        return _contrastive_from_scores(log_dot).mean(dim=-1)                     # (...)
+
+
+def two_view_marginal_entropy(p1: Tensor, p2: Tensor) -> Tensor:
+    """CRLC's entropy bonus: ``(H(p_bar1) + H(p_bar2)) / 2`` of the batch marginals.
+
+    Parameters
+    ----------
+    p1, p2 : Tensor of shape (..., B, K)
+        Softmax outputs of the two views; leading dimensions are kept.
+
+    Returns
+    -------
+    Tensor of shape (...)
+        The entropy of each view's batch-marginal distribution (see
+        :func:`marginal_entropy`), averaged over the two views.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.losses import two_view_marginal_entropy
+    >>> view1 = torch.eye(4)                 # four clusters used: log 4
+    >>> view2 = torch.eye(4)[[0, 0, 1, 1]]   # two clusters used: log 2
+    >>> two_view_marginal_entropy(view1, view2)
+    tensor(1.0397)
+    """
+    def entropy(probs: Tensor) -> Tensor:
+        flat = probs.reshape(-1, *probs.shape[-2:])                               # (L, B, K)
+        values = torch.stack([marginal_entropy(p) for p in flat])                 # (L,)
+        return values.reshape(probs.shape[:-2])                                   # (...)
+
+    return 0.5 * (entropy(p1.float()) + entropy(p2.float()))
+
+
+def logit_bound_penalty(logits: Tensor, bound: float = 25.0) -> tuple[Tensor, Tensor]:
+    """Quadratic hinges keeping logits within ``[-bound, bound]`` (CRLC's P_lo and P_hi).
+
+    Parameters
+    ----------
+    logits : Tensor of shape (..., B, K)
+        Clustering-head logits.
+    bound : float, default=25
+        Half-width of the allowed interval; the penalty and its gradient are zero inside.
+
+    Returns
+    -------
+    lower, upper : Tensor of shape (...)
+        ``mean relu(-bound - logit)^2`` and ``mean relu(logit - bound)^2`` over the batch
+        and the K logits.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.losses import logit_bound_penalty
+    >>> logit_bound_penalty(torch.tensor([[30.0, 0.0], [-27.0, 5.0]]), bound=25.0)
+    (tensor(1.), tensor(6.2500))
+    """
+    logits = logits.float()
+    lower = F.relu(-bound - logits).square().mean(dim=(-2, -1))                   # (...)
+    upper = F.relu(logits - bound).square().mean(dim=(-2, -1))                    # (...)
+    return lower, upper

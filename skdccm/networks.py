@@ -285,3 +285,123 @@ def make_backbone(spec: Any, params: dict | None, sample_shape: tuple[int, ...])
     if isinstance(spec, nn.Module):
         return copy.deepcopy(spec)
     raise TypeError(f"backbone must be a name, an nn.Module class or instance; got {spec!r}")
+
+
+
+# ----------------------------------------------------------------------------------------
+# CRLC network (Do et al., ICCV 2021): a backbone, a representation head, H clustering heads
+# ----------------------------------------------------------------------------------------
+
+
+class CRLCOutput(NamedTuple):
+    """What the CRLC network returns for a batch of N samples."""
+
+    features: Tensor     # (N, F) backbone feature h (``transform``)
+    projection: Tensor   # (N, P) representation head output z, L2-normalised
+    logits: Tensor       # (H, N, K) logits of every clustering sub-head
+
+
+class ClusteringHeads(nn.Module):
+    """H independent sub-heads Linear F->D, ReLU, Linear D->K, evaluated as batched matmuls.
+
+    The weights of all sub-heads are stacked (``(H, F, D)`` and ``(H, D, K)``) so that the ten
+    heads cost two batched matrix products instead of twenty small ones. Each sub-head is
+    initialised like ``nn.Linear``.
+
+    Parameters
+    ----------
+    n_features : int
+        F.
+    n_clusters : int
+        K.
+    n_heads : int
+        H.
+    hidden : int, default=512
+        D.
+    """
+
+    def __init__(self, n_features: int, n_clusters: int, n_heads: int,
+                 hidden: int = 512) -> None:
+        super().__init__()
+        self.hidden_weight = nn.Parameter(torch.empty(n_heads, n_features, hidden))
+        self.hidden_bias = nn.Parameter(torch.empty(n_heads, 1, hidden))
+        self.out_weight = nn.Parameter(torch.empty(n_heads, hidden, n_clusters))
+        self.out_bias = nn.Parameter(torch.empty(n_heads, 1, n_clusters))
+        for weight, bias, fan_in in ((self.hidden_weight, self.hidden_bias, n_features),
+                                     (self.out_weight, self.out_bias, hidden)):
+            bound = 1.0 / fan_in ** 0.5  # nn.Linear's default: U(-1/sqrt(fan_in), ...)
+            nn.init.uniform_(weight, -bound, bound)
+            nn.init.uniform_(bias, -bound, bound)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.hidden_weight.shape[0])
+
+    def forward(self, h: Tensor) -> Tensor:
+        hidden = torch.relu(torch.matmul(h, self.hidden_weight) + self.hidden_bias)   # (H, N, D)
+        return torch.baddbmm(self.out_bias, hidden, self.out_weight)                   # (H, N, K)
+
+    def permute_clusters(self, head: int, order: Tensor) -> None:
+        """Make output j of sub-head ``head`` what output ``order[j]`` was."""
+        with torch.no_grad():
+            self.out_weight[head].copy_(self.out_weight[head][:, order])
+            self.out_bias[head].copy_(self.out_bias[head][:, order])
+
+
+class CRLCNetwork(nn.Module):
+    """Backbone plus CRLC's two heads (paper: "representation" and "clustering").
+
+    Representation head: Linear F->D, ReLU, Linear D->P, L2 normalisation. Clustering head:
+    H sub-heads Linear F->D, ReLU, Linear D->K (:class:`ClusteringHeads`).
+
+    Parameters
+    ----------
+    backbone : nn.Module
+        Returns ``(shallow map, feature vector)``; only the vector is used.
+    n_features : int
+        Width F of the backbone's feature vector.
+    n_clusters : int
+        K.
+    n_heads : int, default=10
+        H.
+    hidden : int, default=512
+        Width D of both heads' hidden layer.
+    projection_dim : int, default=128
+        Width P of the representation head's output.
+    freeze_backbone : bool, default=False
+        Keep the backbone fixed: no gradient, and BatchNorm in eval mode even when the
+        network trains (its running statistics stay as loaded).
+    """
+
+    def __init__(self, backbone: nn.Module, n_features: int, n_clusters: int,
+                 n_heads: int = 10, hidden: int = 512, projection_dim: int = 128,
+                 freeze_backbone: bool = False) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(inplace=True),
+                                       nn.Linear(hidden, projection_dim))
+        self.heads = ClusteringHeads(n_features, n_clusters, n_heads, hidden)
+        self.freeze_backbone = False
+        self.set_backbone_frozen(freeze_backbone)
+
+    def set_backbone_frozen(self, frozen: bool) -> None:
+        """Freeze (or unfreeze) the backbone's parameters and BatchNorm statistics."""
+        self.freeze_backbone = frozen
+        for param in self.backbone.parameters():
+            param.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> CRLCNetwork:
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    def forward(self, x: Tensor) -> CRLCOutput:
+        if self.freeze_backbone:
+            with torch.no_grad():
+                features = self.backbone(x)[1]               # (N, F)
+        else:
+            features = self.backbone(x)[1]                   # (N, F)
+        projection = F.normalize(self.projector(features), dim=1)   # (N, P)
+        return CRLCOutput(features, projection, self.heads(features))  # logits (H, N, K)

@@ -1,0 +1,597 @@
+"""CRLCClustering: Clustering by maximising mutual information across views (Do et al., ICCV 2021).
+
+One backbone, two heads. The representation head is trained with the NT-Xent loss between
+two augmented views of each image (feature contrastive, FC); the clustering head's H
+sub-heads are trained with an InfoNCE loss between the views' cluster probabilities whose
+critic is the log of their dot product (probability contrastive, PC), plus the entropy of
+the batch-marginal cluster distribution and a bound on the logits. After training, the
+sub-head with the lowest PC loss on the training data predicts; no label is ever used.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .augment import ContrastiveAugmentation, contrastive_view, resolve_contrastive
+from .base import DeepClusteringBase, _as_list
+from .data import ArraySource, InputLayout, even_splits
+from .losses import (
+    logit_bound_penalty,
+    nt_xent_loss,
+    probability_contrastive_loss,
+    two_view_marginal_entropy,
+)
+from .networks import (
+    CRLCNetwork,
+    ResNet,
+    infer_output_shapes,
+    init_kaiming_,
+    make_backbone,
+)
+from .training import StepResult, TrainResult, TrainSpec, train
+
+_PAPER = {
+    "backbone": "resnet34", "n_heads": 10, "hidden_dim": 512, "max_iter": 2000, "batch_size": 512,
+    "optimizer": "sgd", "learning_rate": 0.1, "lr_schedule": "constant",
+    "weight_decay": 5e-4, "temperature": 0.1, "fc_weight": 10.0, "pc_weight": 1.0,
+    "entropy_weight": 2.0, "logit_bound": 25.0, "logit_weight": 0.01, "smoothing": 0.01,
+    "pretrain_epochs": 0,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The released code's settings for CIFAR (DESIGN.md section 4).
+    "paper": _PAPER,
+    # A practical budget: the small CNN (or an MLP for flat features), Adam with a cosine
+    # schedule and far fewer epochs. The losses and their weights are the paper's.
+    "default": {**_PAPER, "backbone": "auto", "max_iter": 40, "batch_size": 256,
+                "optimizer": "adam", "learning_rate": 1e-3, "lr_schedule": "cosine",
+                "weight_decay": 0.0},
+}
+
+#: Seed of the augmented views used to choose the sub-head after training: fixed, so that
+#: the choice depends on the trained network only.
+HEAD_SELECTION_SEED = 0
+
+
+class CRLCObjective(nn.Module):
+    """CRLC's loss on two augmented views of a minibatch.
+
+    ``fc_weight * L_FC + mean over sub-heads of (pc_weight * L_PC - entropy_weight * H
+    + logit_weight * (P_lo + P_hi))``, with the paper's weights 10, 1, 2 and 0.01.
+
+    Parameters
+    ----------
+    n_clusters : int
+        K.
+    n_heads : int
+        H, the number of clustering sub-heads.
+    augmentation : ContrastiveAugmentation or None
+        How each view is drawn; None gives two identical views.
+    value_range : tuple of float
+        The data's value range (colour operations are relative to it).
+    temperature : float
+        NT-Xent temperature of the FC loss.
+    fc_weight, pc_weight, entropy_weight, logit_weight : float
+        Weights of the loss terms.
+    logit_bound : float
+        Logits beyond ``+-logit_bound`` are penalised quadratically.
+    smoothing : float
+        Uniform mixture weight of the PC loss's smoothed probabilities.
+    clustering : bool, default=True
+        False trains the representation head only (stage 1 of the two-stage variant).
+    """
+
+    def __init__(self, *, n_clusters: int, n_heads: int,
+                 augmentation: ContrastiveAugmentation | None,
+                 value_range: tuple[float, float], temperature: float, fc_weight: float,
+                 pc_weight: float, entropy_weight: float, logit_weight: float,
+                 logit_bound: float, smoothing: float, clustering: bool = True) -> None:
+        super().__init__()
+        self.n_clusters = n_clusters if clustering else 0
+        self.augmentation = augmentation
+        self.value_range = value_range
+        self.temperature = temperature
+        self.fc_weight = fc_weight
+        self.pc_weight = pc_weight
+        self.entropy_weight = entropy_weight
+        self.logit_weight = logit_weight
+        self.logit_bound = logit_bound
+        self.smoothing = smoothing
+        self.clustering = clustering
+        # Running PC loss of each sub-head: the one with the lowest gives the labels logged
+        # in the history during training (the final choice is made after training).
+        self.register_buffer("head_pc_running", torch.full((n_heads,), float("nan")))
+
+    def prepare(self, module: nn.Module, images: Tensor) -> None:
+        """No per-chunk targets: every step is self-contained."""
+        return None
+
+    def views(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Two independent views stacked view by view: ``(2n, ...)``."""
+        if self.augmentation is None:
+            return torch.cat([images, images])
+        return torch.cat([contrastive_view(images, self.augmentation, self.value_range,
+                                           generator) for _ in range(2)])
+
+    def step(self, module: nn.Module, images: Tensor, targets: None, index: Tensor,
+             generator: torch.Generator) -> StepResult:
+        """CRLC's loss on one minibatch of n images (2n rows)."""
+        n = images.shape[0]
+        out = module(self.views(images, generator))
+        z1, z2 = out.projection.float().split(n)                          # (n, P) each
+        fc = nt_xent_loss(z1, z2, self.temperature)
+        parts = {"fc": fc.detach()}
+        loss = self.fc_weight * fc
+        if not self.clustering:
+            return StepResult(loss, parts)
+
+        logits = out.logits.float()                                       # (H, 2n, K)
+        probs = logits.softmax(dim=-1)
+        p1, p2 = probs[:, :n], probs[:, n:]                               # (H, n, K) each
+        pc = probability_contrastive_loss(p1, p2, self.smoothing)         # (H,)
+        entropy = two_view_marginal_entropy(p1, p2)                       # (H,)
+        lower, upper = logit_bound_penalty(logits, self.logit_bound)      # (H,), (H,)
+        per_head = (self.pc_weight * pc - self.entropy_weight * entropy
+                    + self.logit_weight * (lower + upper))                # (H,)
+        loss = loss + per_head.mean()
+
+        with torch.no_grad():
+            running = self.head_pc_running
+            running.copy_(torch.where(running.isnan(), pc, 0.9 * running + 0.1 * pc))
+            labels = p1[int(running.argmin())].argmax(dim=1)              # (n,)
+        parts.update({"pc": pc.mean().detach(), "pc_min": pc.min().detach(),
+                      "entropy": entropy.mean().detach(),
+                      "logit_penalty": (lower + upper).mean().detach()})
+        return StepResult(loss, parts, labels)
+
+
+def head_losses(module: CRLCNetwork, objective: CRLCObjective, source: ArraySource,
+                batch_size: int, seed: int = HEAD_SELECTION_SEED) -> Tensor:
+    """Mean PC loss of every sub-head over the data, on seeded augmented view pairs.
+
+    Un-augmented pairs would be identical and say nothing about consistency across views,
+    so each batch of ``batch_size`` images gets two views drawn from a generator seeded with
+    ``seed``. Runs in eval mode without gradient.
+
+    Parameters
+    ----------
+    module : CRLCNetwork
+        The trained network.
+    objective : CRLCObjective
+        Draws the views and holds the PC loss's smoothing.
+    source : ArraySource
+        The training data.
+    batch_size : int
+        Images per batch (each gives two views).
+    seed : int, default=HEAD_SELECTION_SEED
+        Seed of the views, fixed so that the choice depends on the network only.
+
+    Returns
+    -------
+    Tensor of shape (H,)
+        Mean PC loss of each sub-head, on CPU, float64.
+    """
+    generator = torch.Generator(device=source.device).manual_seed(seed)
+    n = len(source)
+    totals = torch.zeros(module.heads.n_heads, dtype=torch.float64)
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        for index in even_splits(torch.arange(n), batch_size):
+            images = source.gather(index)                                 # (b, C, H, W)
+            b = images.shape[0]
+            probs = module(objective.views(images, generator)).logits.float().softmax(-1)
+            pc = probability_contrastive_loss(probs[:, :b], probs[:, b:],
+                                              objective.smoothing)        # (H,)
+            totals += pc.double().cpu() * b
+    module.train(was_training)
+    return totals / n
+
+
+class CRLCClustering(DeepClusteringBase):
+    """Contrastive Representation Learning and Clustering (Do, Tran, Venkatesh, ICCV 2021).
+
+    A backbone with two heads, trained end to end on two augmented views of each image: a
+    representation head (Linear, ReLU, Linear to 128, L2-normalised) with the NT-Xent loss
+    at temperature 0.1 (feature contrastive, FC), and ``n_heads`` clustering sub-heads
+    (Linear, ReLU, Linear to K, softmax) with an InfoNCE loss whose critic is the log of the
+    dot product of the views' smoothed cluster probabilities (probability contrastive, PC),
+    an entropy bonus on the batch-marginal cluster distribution (not the mean per-sample
+    entropy) and a quadratic bound on the logits. The total is
+    ``fc_weight L_FC + mean over sub-heads (pc_weight L_PC - entropy_weight H
+    + logit_weight (P_lo + P_hi))``. After training, the sub-head with the lowest PC loss on
+    seeded augmented views of the training data predicts: no label is used to choose it.
+
+    Every parameter left as None takes the value of ``preset``. ``"paper"`` follows the
+    authors' settings for CIFAR: ResNet-34 with the CIFAR stem, SGD with learning rate 0.1,
+    momentum 0.9 and weight decay 5e-4 on weight matrices, constant rate, batches of 512,
+    2000 epochs. ``"default"`` fits a practical CPU budget.
+
+    Differences from the paper, in both presets:
+
+    - The sub-head is chosen by the lowest PC loss on the training data (the released code
+      chooses by test accuracy, which uses labels).
+    - Colour jitter applies brightness, contrast, saturation and hue in a fixed order
+      (torchvision shuffles the order); a crop box larger than the image is clipped to it
+      (torchvision retries, then crops the centre).
+    - No dataset normalisation: the backbone's first convolution is followed by BatchNorm,
+      which absorbs a per-channel affine normalisation.
+    - Grey images get digit-safe views by default (no flip, crops of at least 40% of the
+      area, brightness and contrast jitter only); flat features get Gaussian feature noise,
+      since image augmentations do not apply to them.
+
+    Differences in ``"default"`` only: the small CNN (``"auto"``) instead of ResNet-34,
+    Adam with learning rate 1e-3 and a cosine schedule instead of constant-rate SGD, no
+    weight decay, batches of 256 and 40 epochs instead of 2000.
+
+    Parameters
+    ----------
+    n_clusters : int, default=10
+        Number of clusters K (width of every sub-head).
+    preset : {"default", "paper"}, default="default"
+        Source of every parameter left as None.
+    backbone : {"auto", "conv", "mlp", "resnet18", "resnet34"}, nn.Module class or \
+instance, default=None
+        Feature extractor returning ``(shallow map, feature vector)``; CRLC reads the
+        vector. ``"auto"``: a small CNN sized to the images, an MLP for flat features.
+        Paper: ``"resnet34"`` (CIFAR stem); default: ``"auto"``.
+    backbone_params : dict, default=None
+        Keyword arguments for a backbone class.
+    backbone_weights : dict or str, default=None
+        Weights to start the backbone from: a state dict, or a path read with
+        ``torch.load(..., weights_only=True)``. Keys may carry a ``"backbone."`` prefix
+        (a whole CRLC network's state dict).
+    image_shape : tuple of int, default=None
+        ``(C, H, W)`` or ``(H, W)`` when 2-D ``X`` holds flattened images.
+    channels : {"first", "last"}, default=None
+        Channel axis of 4-D input (or of flattened images); None infers it.
+    n_heads : int, default=None
+        Number of clustering sub-heads H (paper: 10).
+    hidden_dim : int, default=None
+        Width of the hidden layer of the representation head and of every clustering
+        sub-head (paper: 512).
+    max_iter : int, default=None
+        Epochs of the full loss (stage 2 when ``pretrain_epochs > 0``). Paper: 2000;
+        default: 40.
+    batch_size : int, default=None
+        Images per step (each gives two views). Paper: 512; default: 256.
+    optimizer : {"sgd", "adam", "adamw", "rmsprop"}, default=None
+        Paper: SGD with momentum 0.9; default: Adam.
+    learning_rate : float, default=None
+        Paper: 0.1; default: 1e-3.
+    lr_schedule : {"constant", "cosine"}, default=None
+        Per-step schedule (restarted for each stage). Paper: constant; default: cosine.
+    weight_decay : float, default=None
+        On weight matrices and kernels only. Paper: 5e-4; default: 0.
+    temperature : float, default=None
+        Temperature of the FC loss's NT-Xent (paper: 0.1).
+    fc_weight : float, default=None
+        Weight of the FC loss (paper: 10).
+    pc_weight : float, default=None
+        Weight of the PC loss (paper: 1).
+    entropy_weight : float, default=None
+        Weight of the marginal-entropy bonus (paper: 2).
+    logit_bound : float, default=None
+        Logits beyond ``+-logit_bound`` are penalised (paper: 25).
+    logit_weight : float, default=None
+        Weight of each side's quadratic logit penalty (paper: 0.01).
+    smoothing : float, default=None
+        ``p~ = (1 - smoothing) p + smoothing / K`` in the PC loss (paper: 0.01).
+    pretrain_epochs : int, default=None
+        Two-stage variant: epochs of FC-only training (instance-contrastive pre-training)
+        before the ``max_iter`` epochs of the full loss. 0 (both presets) trains in one stage.
+    freeze_encoder : bool, default=False
+        Keep the backbone fixed (weights and BatchNorm statistics) while the full loss
+        trains: after pre-training, or with ``backbone_weights``.
+    augmentation : str or ContrastiveAugmentation, default="auto"
+        ``"auto"`` (``"digits"`` for grey images, ``"large"`` for colour images of 64 pixels
+        or more, ``"cifar"`` otherwise, ``"features"`` for flat features), ``"cifar"``,
+        ``"large"`` (with Gaussian blur), ``"digits"``, ``"features"``, ``"none"`` or an
+        :class:`~skdccm.augment.ContrastiveAugmentation`.
+    device : str, default="auto"
+        ``"auto"`` picks CUDA, then Apple MPS, then CPU.
+    precision : {"auto", "float32", "bf16", "fp16"}, default="auto"
+        Autocast on CUDA (bf16 where supported) with ``"auto"``; float32 on CPU. The PC
+        loss is always computed in float32.
+    compile : bool, default=False
+        Train through ``torch.compile``.
+    predict_batch_size : int, default=1024
+        Batch size of ``predict``, ``predict_proba`` and ``transform``.
+    tol : float, default=0.0
+        Stop when the share of samples whose cluster changed during an epoch is at most
+        ``tol`` (0 disables).
+    callbacks : callable or list, default=None
+        Called as ``cb(estimator, record)`` (or ``cb.on_epoch_end(estimator, record)``) after
+        each epoch; return True to stop.
+    checkpoint_dir : str, default=None
+        Directory for ``checkpoint.pt``; pre-training writes to its ``pretrain`` folder.
+    checkpoint_every : int, default=1
+        Epochs between checkpoints.
+    resume : bool, default=False
+        Continue from the checkpoints in ``checkpoint_dir`` when there are some.
+    verbose : int, default=0
+        0 silent, 1 one updating progress line, 2 one line per epoch.
+    random_state : int, RandomState instance or None, default=None
+        Seeds initialisation, shuffling and augmentation through local generators. On CPU
+        the same value gives the same labels.
+
+    Attributes
+    ----------
+    labels_ : ndarray of shape (n_samples,)
+        Cluster of each training sample. Clusters are numbered by decreasing size.
+    head_losses_ : ndarray of shape (n_heads,)
+        PC loss of each sub-head on seeded augmented view pairs of the training data.
+    selected_head_ : int
+        The sub-head used by ``predict`` and ``predict_proba``: ``argmin(head_losses_)``.
+    module_ : CRLCNetwork
+        The trained network, on CPU.
+    history_ : list of dict
+        One record per epoch: ``loss``, ``loss_parts`` (``fc``, and for the full loss
+        ``pc`` and ``entropy`` averaged over sub-heads, ``pc_min``, ``logit_penalty``),
+        ``cluster_sizes``, ``cluster_min``/``cluster_max``, ``label_change`` (clusters of
+        the sub-head with the lowest running PC loss), ``lr``, ``seconds`` and ``stage``
+        (``"pretrain"`` or ``"cluster"``).
+    n_iter_ : int
+        Epochs run, both stages together.
+    n_features_in_ : int
+        Features seen in ``fit`` (scikit-learn's count; for 3-D/4-D input, ``shape[1]``).
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
+        Column names, when ``X`` was a DataFrame with string column names.
+    input_shape_ : tuple of int
+        Per-sample shape as the network sees it: ``(C, H, W)`` or ``(d,)``.
+    device_ : torch.device
+        Device used for training (and for prediction where available).
+    preset_params_ : dict
+        The resolved value of every preset-controlled parameter.
+
+    See Also
+    --------
+    DCCMClustering : deep comprehensive correlation mining under the same API.
+    sklearn.cluster.KMeans : the baseline to compare with.
+
+    Notes
+    -----
+    ``transform`` returns the backbone feature h (256 values for ``"auto"`` and
+    ``"mlp"``, 512 for the ResNets), the input of both heads; not the 128-d projection
+    the FC loss acts on, which discards information useful downstream.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from skdccm import CRLCClustering
+    >>> X = load_digits().images[:200]
+    >>> est = CRLCClustering(n_clusters=10, max_iter=1, n_heads=2, random_state=0).fit(X)
+    >>> est.labels_.shape
+    (200,)
+    >>> est.predict_proba(X[:3]).shape
+    (3, 10)
+    >>> est.transform(X[:3]).shape
+    (3, 256)
+    """
+
+    _presets = PRESETS
+
+    def __init__(
+        self,
+        n_clusters: int = 10,
+        *,
+        preset: str = "default",
+        backbone: Any = None,
+        backbone_params: dict | None = None,
+        backbone_weights: Any = None,
+        image_shape: tuple[int, ...] | None = None,
+        channels: str | None = None,
+        n_heads: int | None = None,
+        hidden_dim: int | None = None,
+        max_iter: int | None = None,
+        batch_size: int | None = None,
+        optimizer: str | None = None,
+        learning_rate: float | None = None,
+        lr_schedule: str | None = None,
+        weight_decay: float | None = None,
+        temperature: float | None = None,
+        fc_weight: float | None = None,
+        pc_weight: float | None = None,
+        entropy_weight: float | None = None,
+        logit_bound: float | None = None,
+        logit_weight: float | None = None,
+        smoothing: float | None = None,
+        pretrain_epochs: int | None = None,
+        freeze_encoder: bool = False,
+        augmentation: Any = "auto",
+        device: str = "auto",
+        precision: str = "auto",
+        compile: bool = False,
+        predict_batch_size: int = 1024,
+        tol: float = 0.0,
+        callbacks: Any = None,
+        checkpoint_dir: str | None = None,
+        checkpoint_every: int = 1,
+        resume: bool = False,
+        verbose: int = 0,
+        random_state: Any = None,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.preset = preset
+        self.backbone = backbone
+        self.backbone_params = backbone_params
+        self.backbone_weights = backbone_weights
+        self.image_shape = image_shape
+        self.channels = channels
+        self.n_heads = n_heads
+        self.hidden_dim = hidden_dim
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.lr_schedule = lr_schedule
+        self.weight_decay = weight_decay
+        self.temperature = temperature
+        self.fc_weight = fc_weight
+        self.pc_weight = pc_weight
+        self.entropy_weight = entropy_weight
+        self.logit_bound = logit_bound
+        self.logit_weight = logit_weight
+        self.smoothing = smoothing
+        self.pretrain_epochs = pretrain_epochs
+        self.freeze_encoder = freeze_encoder
+        self.augmentation = augmentation
+        self.device = device
+        self.precision = precision
+        self.compile = compile
+        self.predict_batch_size = predict_batch_size
+        self.tol = tol
+        self.callbacks = callbacks
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.resume = resume
+        self.verbose = verbose
+        self.random_state = random_state
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def _resolved_params(self) -> dict[str, Any]:
+        params = super()._resolved_params()
+        name = type(self).__name__
+        for key in ("temperature", "logit_bound"):
+            if not params[key] > 0:
+                raise ValueError(f"{name}: {key}={params[key]!r} must be > 0")
+        for key in ("fc_weight", "pc_weight", "entropy_weight", "logit_weight",
+                    "weight_decay"):
+            if params[key] < 0:
+                raise ValueError(f"{name}: {key}={params[key]!r} must be >= 0")
+        if not 0.0 <= params["smoothing"] < 1.0:
+            raise ValueError(f"{name}: smoothing={params['smoothing']!r} must be in [0, 1)")
+        for key in ("n_heads", "hidden_dim"):
+            if not _is_int(params[key]) or params[key] < 1:
+                raise ValueError(f"{name}: {key}={params[key]!r} must be a positive int")
+        if not _is_int(params["pretrain_epochs"]) or params["pretrain_epochs"] < 0:
+            raise ValueError(f"{name}: pretrain_epochs={params['pretrain_epochs']!r} must be "
+                             "an int >= 0")
+        if not isinstance(self.freeze_encoder, bool | np.bool_):
+            raise ValueError(f"{name}: freeze_encoder={self.freeze_encoder!r} must be True or "
+                             "False")
+        if (self.freeze_encoder and params["pretrain_epochs"] == 0
+                and self.backbone_weights is None):
+            warnings.warn(f"{name}: freeze_encoder=True without pretrain_epochs or "
+                          "backbone_weights keeps the randomly initialised backbone fixed",
+                          UserWarning, stacklevel=3)
+        return params
+
+    def _build(self, layout: InputLayout, params: dict[str, Any]) -> tuple[nn.Module, nn.Module]:
+        spec = params["backbone"]
+        backbone = make_backbone(spec, self.backbone_params, layout.sample_shape)
+        if isinstance(spec, str) and not isinstance(backbone, ResNet):
+            init_kaiming_(backbone)  # ResNet keeps its own (zero-initialised residuals)
+        if self.backbone_weights is not None:
+            backbone.load_state_dict(_load_backbone_weights(self.backbone_weights,
+                                                            type(self).__name__))
+        _, n_features = infer_output_shapes(backbone, layout.sample_shape)
+        # Without pre-training the backbone is frozen from the start; with it, only after.
+        frozen = bool(self.freeze_encoder) and params["pretrain_epochs"] == 0
+        module = CRLCNetwork(backbone, n_features, self.n_clusters, params["n_heads"],
+                             hidden=params["hidden_dim"], freeze_backbone=frozen)
+        return module, self._objective(layout, params, clustering=True)
+
+    def _objective(self, layout: InputLayout, params: dict[str, Any], *,
+                   clustering: bool) -> CRLCObjective:
+        return CRLCObjective(
+            n_clusters=self.n_clusters, n_heads=params["n_heads"],
+            augmentation=resolve_contrastive(self.augmentation, layout.sample_shape),
+            value_range=layout.value_range, temperature=params["temperature"],
+            fc_weight=params["fc_weight"], pc_weight=params["pc_weight"],
+            entropy_weight=params["entropy_weight"], logit_weight=params["logit_weight"],
+            logit_bound=params["logit_bound"], smoothing=params["smoothing"],
+            clustering=clustering,
+        )
+
+    def _train_spec(self, params: dict[str, Any], n_samples: int,
+                    layout: InputLayout) -> TrainSpec:
+        batch_size = min(params["batch_size"], n_samples)
+        return TrainSpec(
+            max_epochs=params["max_iter"], batch_size=batch_size, chunk_size=batch_size,
+            passes_per_chunk=1, steps_per_batch=1, optimizer=params["optimizer"],
+            learning_rate=params["learning_rate"], weight_decay=params["weight_decay"],
+            momentum=0.9, lr_schedule=params["lr_schedule"], precision=self.precision,
+            compile=self.compile, tol=self.tol, checkpoint_dir=self.checkpoint_dir,
+            checkpoint_every=self.checkpoint_every, resume=self.resume,
+            verbose=int(self.verbose), fingerprint=self._fingerprint(layout, params),
+        )
+
+    def _run_training(self, module: nn.Module, objective: nn.Module, source: ArraySource,
+                      spec: TrainSpec, params: dict[str, Any], generator: torch.Generator,
+                      device_generator: torch.Generator) -> TrainResult:
+        """Optional FC-only pre-training, the full loss, then the choice of sub-head."""
+        callbacks = _as_list(self.callbacks)
+        history: list[dict[str, Any]] = []
+        if params["pretrain_epochs"] > 0:
+            pretrain_objective = self._objective(source.layout, params, clustering=False)
+            pretrain_objective.to(source.device)
+            pretrain_spec = replace(
+                spec, max_epochs=params["pretrain_epochs"], tol=0.0,
+                checkpoint_dir=(str(Path(spec.checkpoint_dir) / "pretrain")
+                                if spec.checkpoint_dir else None),
+                fingerprint={**spec.fingerprint, "stage": "pretrain"},
+            )
+            first = train(module, pretrain_objective, source, pretrain_spec, generator,
+                          device_generator, callbacks=callbacks, owner=self)
+            history = [{**record, "stage": "pretrain"} for record in first.history]
+            if first.interrupted:
+                self._select_head(module, objective, source, spec.batch_size)
+                return replace(first, objective=objective, history=history)
+            if self.freeze_encoder:
+                module.set_backbone_frozen(True)
+        result = train(module, objective, source, spec, generator, device_generator,
+                       callbacks=callbacks, owner=self)
+        history += [{**record, "stage": "cluster"} for record in result.history]
+        self._select_head(module, objective, source, spec.batch_size)
+        return replace(result, history=history, n_epochs=len(history))
+
+    def _select_head(self, module: CRLCNetwork, objective: CRLCObjective,
+                     source: ArraySource, batch_size: int) -> None:
+        """Label-free choice of the predicting sub-head: the lowest PC loss."""
+        losses = head_losses(module, objective, source, batch_size)
+        self.head_losses_ = losses.numpy()
+        self.selected_head_ = int(np.argmin(self.head_losses_))
+
+    def _infer(self, module: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
+        out = module(batch)
+        return out.logits[self.selected_head_].float().softmax(dim=1), out.features
+
+    def _reorder_clusters(self, module: nn.Module, order: Tensor) -> None:
+        module.heads.permute_clusters(self.selected_head_, order)
+
+    def _fingerprint(self, layout: InputLayout, params: dict[str, Any]) -> dict[str, Any]:
+        return {**super()._fingerprint(layout, params), "backbone": str(params["backbone"]),
+                "n_heads": int(params["n_heads"])}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _load_backbone_weights(weights: Any, owner: str) -> dict[str, Tensor]:
+    """A backbone state dict from a dict or a file; a ``backbone.`` prefix is removed."""
+    if isinstance(weights, str | Path):
+        try:
+            weights = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:  # missing, corrupted, or a pickle with code in it
+            raise ValueError(f"{owner}: backbone_weights={str(weights)!r} could not be read "
+                             f"as a state dict ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(weights, dict):
+        raise TypeError(f"{owner}: backbone_weights must be a state dict or a path to one, "
+                        f"got {type(weights).__name__}")
+    prefix = "backbone."
+    if weights and all(key.startswith(prefix) for key in weights):
+        return {key[len(prefix):]: value for key, value in weights.items()}
+    if any(key.startswith(prefix) for key in weights):
+        return {key[len(prefix):]: value for key, value in weights.items()
+                if key.startswith(prefix)}
+    return dict(weights)

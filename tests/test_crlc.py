@@ -1,0 +1,233 @@
+"""CRLCClustering: fitted shapes, determinism, label-free head choice, stages, pickling."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import load_digits, make_blobs
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from skdccm import CRLCClustering
+from skdccm.crlc import PRESETS, head_losses
+from skdccm.data import ArraySource, infer_layout
+
+N_SAMPLES = 120
+TINY = {"n_clusters": 10, "max_iter": 2, "n_heads": 3, "hidden_dim": 32, "batch_size": 40,
+        "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_digits()
+    return data.images[:N_SAMPLES], data.target[:N_SAMPLES]
+
+
+@pytest.fixture(scope="module")
+def fitted(digits):
+    X, _ = digits
+    return CRLCClustering(**TINY, random_state=0).fit(X)
+
+
+def test_fitted_shapes_and_types(fitted, digits):
+    X, _ = digits
+    n = len(X)
+    assert fitted.labels_.shape == (n,)
+    assert fitted.input_shape_ == (1, 8, 8)
+    assert fitted.n_iter_ == 2 and len(fitted.history_) == 2
+    proba = fitted.predict_proba(X)
+    assert proba.shape == (n, 10) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(fitted.predict(X), fitted.labels_)
+    embedding = fitted.transform(X)
+    assert embedding.shape == (n, 256) and embedding.dtype == np.float32
+    assert fitted.head_losses_.shape == (3,)
+    assert np.isfinite(fitted.head_losses_).all()
+
+
+def test_history_records_the_crlc_loss_parts(fitted):
+    record = fitted.history_[-1]
+    assert set(record["loss_parts"]) == {"fc", "pc", "pc_min", "entropy", "logit_penalty"}
+    assert record["stage"] == "cluster"
+    assert sum(record["cluster_sizes"]) == N_SAMPLES
+    assert np.isfinite(record["loss"])
+
+
+def test_clusters_numbered_by_decreasing_size(fitted):
+    sizes = np.bincount(fitted.labels_, minlength=10)
+    assert (np.diff(sizes) <= 0).all()
+
+
+def test_transform_is_the_backbone_feature(fitted, digits):
+    X, _ = digits
+    images = torch.tensor(X[:5, None], dtype=torch.float32)
+    with torch.no_grad():
+        features = fitted.module_.eval().backbone(images)[1].numpy()
+    np.testing.assert_allclose(fitted.transform(X[:5]), features, rtol=1e-5, atol=1e-6)
+
+
+def test_predict_proba_is_the_selected_heads_softmax(fitted, digits):
+    X, _ = digits
+    images = torch.tensor(X[:7, None], dtype=torch.float32)
+    with torch.no_grad():
+        logits = fitted.module_.eval()(images).logits.numpy()       # (H, 7, K)
+    for head in range(3):
+        e = np.exp(logits[head] - logits[head].max(axis=1, keepdims=True))
+        matches = np.allclose(fitted.predict_proba(X[:7]), e / e.sum(1, keepdims=True),
+                              rtol=1e-4, atol=1e-6)
+        assert matches == (head == fitted.selected_head_)
+
+
+def test_selected_head_has_the_lowest_pc_loss(fitted, digits):
+    """Recompute every sub-head's PC loss on the seeded views and check the choice."""
+    X, _ = digits
+    assert fitted.selected_head_ == int(np.argmin(fitted.head_losses_))
+    layout = infer_layout(X.shape, X.dtype, image_shape=None, channels=None, owner="test")
+    layout = type(layout)(layout.sample_shape, layout.stored_shape, layout.channels_last,
+                          layout.scale, (float(X.min()), float(X.max())))
+    objective = fitted._objective(layout, fitted.preset_params_, clustering=True)
+    source = ArraySource(X, layout, torch.device("cpu"))
+    again = head_losses(fitted.module_, objective, source, TINY["batch_size"]).numpy()
+    # The selected head's clusters were renumbered after the choice; the PC loss is
+    # invariant to that permutation.
+    np.testing.assert_allclose(again, fitted.head_losses_, rtol=1e-5)
+    assert not np.allclose(again, again[0])   # the heads really differ
+
+
+def test_same_random_state_same_labels(fitted, digits):
+    X, _ = digits
+    again = CRLCClustering(**TINY, random_state=0).fit(X)
+    np.testing.assert_array_equal(again.labels_, fitted.labels_)
+    np.testing.assert_array_equal(again.head_losses_, fitted.head_losses_)
+    other = CRLCClustering(**TINY, random_state=1).fit(X)
+    assert not np.array_equal(other.head_losses_, fitted.head_losses_)
+
+
+def test_head_choice_uses_no_labels(fitted, digits):
+    # fit(X, y) with any y gives what fit(X) gave: y is never read.
+    X, y = digits
+    est = CRLCClustering(**TINY, random_state=0).fit(X, np.random.default_rng(0).permutation(y))
+    np.testing.assert_array_equal(est.head_losses_, fitted.head_losses_)
+    assert est.selected_head_ == fitted.selected_head_
+    np.testing.assert_array_equal(est.labels_, fitted.labels_)
+
+
+def test_pickle_round_trip(fitted, digits):
+    X, _ = digits
+    restored = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(restored.predict_proba(X), fitted.predict_proba(X))
+    np.testing.assert_array_equal(restored.transform(X[:4]), fitted.transform(X[:4]))
+    assert restored.selected_head_ == fitted.selected_head_
+
+
+def test_clone_keeps_parameters():
+    est = CRLCClustering(n_clusters=4, n_heads=2, entropy_weight=1.5, pretrain_epochs=3)
+    params = clone(est).get_params()
+    assert params["n_heads"] == 2 and params["entropy_weight"] == 1.5
+    assert params["pretrain_epochs"] == 3 and params["backbone"] is None
+
+
+def test_presets_follow_the_paper():
+    paper = PRESETS["paper"]
+    assert paper["backbone"] == "resnet34" and paper["n_heads"] == 10
+    assert (paper["optimizer"], paper["learning_rate"], paper["lr_schedule"]) == (
+        "sgd", 0.1, "constant")
+    assert (paper["weight_decay"], paper["batch_size"], paper["max_iter"]) == (5e-4, 512, 2000)
+    assert (paper["temperature"], paper["fc_weight"], paper["pc_weight"],
+            paper["entropy_weight"], paper["logit_bound"], paper["logit_weight"],
+            paper["smoothing"]) == (0.1, 10.0, 1.0, 2.0, 25.0, 0.01, 0.01)
+    # The default changes only the budget and the optimiser, not the loss.
+    for key in ("temperature", "fc_weight", "pc_weight", "entropy_weight", "logit_bound",
+                "logit_weight", "smoothing", "n_heads"):
+        assert PRESETS["default"][key] == paper[key]
+
+
+def test_two_stage_training_concatenates_history(digits):
+    X, _ = digits
+    est = CRLCClustering(**{**TINY, "max_iter": 1}, pretrain_epochs=2, random_state=0).fit(X)
+    assert [r["stage"] for r in est.history_] == ["pretrain", "pretrain", "cluster"]
+    assert est.n_iter_ == 3
+    assert set(est.history_[0]["loss_parts"]) == {"fc"}
+    assert "cluster_sizes" not in est.history_[0]
+    assert "pc" in est.history_[-1]["loss_parts"]
+
+
+def test_frozen_encoder_keeps_given_backbone_weights(fitted, digits, tmp_path: Path):
+    X, _ = digits
+    weights = {f"backbone.{k}": v.clone() for k, v in
+               fitted.module_.backbone.state_dict().items()}
+    path = tmp_path / "weights.pt"
+    torch.save(weights, path)
+    est = CRLCClustering(**TINY, backbone_weights=str(path), freeze_encoder=True,
+                         random_state=0).fit(X)
+    trained = est.module_.backbone.state_dict()
+    for key, value in weights.items():
+        torch.testing.assert_close(trained[key.removeprefix("backbone.")], value,
+                                   rtol=0, atol=0)
+    # The heads did train.
+    assert est.history_[0]["loss"] != est.history_[-1]["loss"]
+
+
+def test_unfrozen_encoder_trains_the_given_weights(fitted, digits):
+    X, _ = digits
+    weights = {k: v.clone() for k, v in fitted.module_.backbone.state_dict().items()}
+    est = CRLCClustering(**TINY, backbone_weights=weights, random_state=0).fit(X)
+    first_conv = next(k for k in weights if k.endswith("weight") and weights[k].dim() == 4)
+    changed = est.module_.backbone.state_dict()[first_conv]
+    assert not torch.equal(changed, weights[first_conv])
+
+
+def test_flat_features_cluster_blobs():
+    X, y = make_blobs(n_samples=150, centers=3, n_features=4, random_state=0)
+    est = CRLCClustering(n_clusters=3, max_iter=15, n_heads=2, hidden_dim=32, batch_size=50,
+                         device="cpu", random_state=0).fit(X)
+    assert est.transform(X).shape == (150, 256)
+    assert adjusted_rand_score(y, est.labels_) > 0.4
+
+
+@pytest.mark.parametrize("param,value,match", [
+    ("n_heads", 0, "n_heads=0 must be a positive int"),
+    ("temperature", 0.0, "temperature=0.0 must be > 0"),
+    ("entropy_weight", -1.0, "entropy_weight=-1.0 must be >= 0"),
+    ("smoothing", 1.0, r"smoothing=1.0 must be in \[0, 1\)"),
+    ("pretrain_epochs", -1, "pretrain_epochs=-1 must be an int >= 0"),
+    ("preset", "fast", "unknown preset 'fast'"),
+])
+def test_invalid_parameters_name_the_class_and_value(digits, param, value, match):
+    X, _ = digits
+    with pytest.raises(ValueError, match=f"CRLCClustering: {match}"):
+        CRLCClustering(**{**TINY, param: value}).fit(X)
+
+
+def test_unreadable_backbone_weights(digits, tmp_path: Path):
+    X, _ = digits
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="CRLCClustering: backbone_weights="):
+        CRLCClustering(**TINY, backbone_weights=str(bad)).fit(X)
+
+
+@pytest.mark.slow
+def test_quality_on_full_digits():
+    """Default preset on all 1,797 digits, against KMeans on the same pixels."""
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.cluster import KMeans
+
+    def accuracy(y, labels):
+        table = np.zeros((10, 10))
+        np.add.at(table, (labels, y), 1)
+        rows, cols = linear_sum_assignment(-table)
+        return table[rows, cols].sum() / len(y)
+
+    data = load_digits()
+    X, y = data.images, data.target
+    kmeans = KMeans(n_clusters=10, n_init=10, random_state=0).fit(X.reshape(len(X), -1))
+    labels = CRLCClustering(n_clusters=10, random_state=0).fit_predict(X)
+    acc, kmeans_acc = accuracy(y, labels), accuracy(y, kmeans.labels_)
+    assert acc > kmeans_acc + 0.05
+    assert acc >= 0.9
+    assert normalized_mutual_info_score(y, labels) >= 0.85
