@@ -214,7 +214,8 @@ def load_npz(path: str | os.PathLike, *, subset: str = "all", n_samples: int | N
     with np.load(path, allow_pickle=False) as archive:
         keys = set(archive.files)
         if "X" in keys:
-            n_total = len(archive["X"])
+            images = archive["X"]  # reading a member decompresses it: do it once
+            n_total = len(images)
         elif {"jpeg", "offsets"} <= keys:
             offsets = archive["offsets"]
             n_total = len(offsets) - 1
@@ -230,8 +231,7 @@ def load_npz(path: str | os.PathLike, *, subset: str = "all", n_samples: int | N
             candidates = np.flatnonzero(is_test if subset == "test" else ~is_test)
         indices = subsample_indices(n_total, n_samples, random_state, candidates=candidates)
         if "X" in keys:
-            X = archive["X"]
-            X = X if len(indices) == n_total else X[indices]
+            X = images if len(indices) == n_total else images[indices]
         else:
             X = decode_jpeg_array(archive["jpeg"], offsets, indices)
         y = archive["y"][indices].astype(np.int64) if "y" in keys else None
@@ -270,8 +270,6 @@ def load_image_folder(path: str | os.PathLike, size: int | tuple[int, int] | Non
     files : list of str
         Each image's path relative to ``path`` (with "/" separators), in the order of ``X``.
     """
-    from PIL import Image
-
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"load_image_folder: {root} is not a folder")
@@ -283,51 +281,33 @@ def load_image_folder(path: str | os.PathLike, size: int | tuple[int, int] | Non
     if not paths:
         raise ValueError(f"load_image_folder: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
                          f"under {root}")
-
-    def read(p: Path):
-        try:
-            with Image.open(p) as image:
-                image.load()
-                return image.copy()
-        except (OSError, ValueError) as exc:
-            return exc
-
     workers = n_jobs or min(8, os.cpu_count() or 1)
+
+    # Pass 1 reads headers only (mode and size), to choose the output mode and size without
+    # holding every decoded image in memory; pass 2 decodes, converts and resizes each file.
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        opened = list(pool.map(read, paths))
-    bad = [f"{p.relative_to(root)} ({r})" for p, r in zip(paths, opened, strict=True)
-           if isinstance(r, Exception)]
+        headers = list(pool.map(_read_header, paths))
+    bad = [(p, h) for p, h in zip(paths, headers, strict=True) if isinstance(h, Exception)]
+    kept = [(p, h) for p, h in zip(paths, headers, strict=True) if not isinstance(h, Exception)]
+    if mode == "auto":
+        mode = "L" if all(h[0] in _GREY_MODES for _, h in kept) else "RGB"
+    if target is None and kept:
+        target = Counter(h[1] for _, h in kept).most_common(1)[0][0]
+    height, width = (int(target[0]), int(target[1])) if kept else (0, 0)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        arrays = list(pool.map(lambda p: _decode(p, mode, height, width), [p for p, _ in kept]))
+    bad += [(p, a) for (p, _), a in zip(kept, arrays, strict=True) if isinstance(a, Exception)]
+    kept = [(p, a) for (p, _), a in zip(kept, arrays, strict=True)
+            if not isinstance(a, Exception)]
     if bad:
-        warnings.warn(f"load_image_folder: skipped {len(bad)} unreadable file(s): "
-                      + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""),
-                      RuntimeWarning, stacklevel=2)
-    kept = [(p, im) for p, im in zip(paths, opened, strict=True)
-            if not isinstance(im, Exception)]
+        text = "; ".join(f"{p.relative_to(root)} ({e})" for p, e in bad[:5])
+        warnings.warn(f"load_image_folder: skipped {len(bad)} unreadable file(s): {text}"
+                      + (" ..." if len(bad) > 5 else ""), RuntimeWarning, stacklevel=2)
     if not kept:
         raise ValueError(f"load_image_folder: none of the {len(paths)} files under {root} "
                          "could be decoded")
 
-    if mode == "auto":
-        mode = "L" if all(im.mode in _GREY_MODES for _, im in kept) else "RGB"
-    if target is None:
-        # PIL sizes are (width, height); ours are (height, width).
-        sizes = Counter((im.height, im.width) for _, im in kept)
-        target = sizes.most_common(1)[0][0]
-    height, width = int(target[0]), int(target[1])
-
-    def convert(image) -> np.ndarray:
-        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F") and mode == "L":
-            # 16-bit or float grey: rescale to 0..255 instead of clipping.
-            values = np.asarray(image, dtype=np.float64)
-            low, high = values.min(), values.max()
-            values = (values - low) / (high - low) * 255 if high > low else values * 0
-            image = Image.fromarray(np.round(values).astype(np.uint8))
-        image = image.convert(mode)
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.Resampling.BILINEAR)
-        return np.asarray(image, dtype=np.uint8)
-
-    X = np.stack([convert(im) for _, im in kept])      # (n, H, W) or (n, H, W, 3)
+    X = np.stack([a for _, a in kept])                  # (n, H, W) or (n, H, W, 3)
     files = [p.relative_to(root).as_posix() for p, _ in kept]
     y = None
     parts = [Path(f).parts for f in files]
@@ -336,6 +316,37 @@ def load_image_folder(path: str | os.PathLike, size: int | tuple[int, int] | Non
         index = {name: i for i, name in enumerate(classes)}
         y = np.array([index[p[0]] for p in parts], dtype=np.int64)
     return X, y, files
+
+
+def _read_header(path: Path) -> tuple[str, tuple[int, int]] | Exception:
+    """``(PIL mode, (height, width))`` without decoding the pixels, or the error."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.mode, (image.height, image.width)
+    except (OSError, ValueError) as exc:
+        return exc
+
+
+def _decode(path: Path, mode: str, height: int, width: int) -> np.ndarray | Exception:
+    """One file as a uint8 array of shape (height, width) or (height, width, 3), or the error."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            if image.mode in ("I", "I;16", "I;16B", "I;16L", "F") and mode == "L":
+                # 16-bit or float grey: rescale to 0..255 instead of clipping.
+                values = np.asarray(image, dtype=np.float64)
+                low, high = values.min(), values.max()
+                values = (values - low) / (high - low) * 255 if high > low else values * 0
+                image = Image.fromarray(np.round(values).astype(np.uint8))
+            image = image.convert(mode)
+            if image.size != (width, height):  # PIL sizes are (width, height)
+                image = image.resize((width, height), Image.Resampling.BILINEAR)
+            return np.asarray(image, dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        return exc
 
 
 def load_dataset(name_or_path: str | os.PathLike, *, n_samples: int | None = None,

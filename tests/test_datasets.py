@@ -192,9 +192,13 @@ def test_image_folder_colour_resize_and_no_labels(tmp_path):
 def test_image_folder_skips_broken_files_and_rejects_empty(tmp_path):
     make_folder(tmp_path)
     (tmp_path / "cats" / "broken.png").write_bytes(b"not a png")
-    with pytest.warns(RuntimeWarning, match="skipped 1 unreadable"):
+    # a valid header with its pixel data cut off: fails only when decoded
+    whole = (tmp_path / "dogs" / "0.png").read_bytes()
+    (tmp_path / "dogs" / "truncated.png").write_bytes(whole[:len(whole) // 2])
+    with pytest.warns(RuntimeWarning, match="skipped 2 unreadable"):
         X, y, files = load_image_folder(tmp_path)
     assert len(X) == 6 and "cats/broken.png" not in files
+    assert "dogs/truncated.png" not in files
     np.testing.assert_array_equal(y, [0, 0, 0, 1, 1, 1])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no image files"):
