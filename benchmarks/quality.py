@@ -11,7 +11,8 @@ Usage::
 
 Arguments after ``--`` are passed to ``skdccm benchmark`` unchanged (they override the
 suite's own flags where they repeat them). Each suite writes results.md, results.csv,
-summary.csv, config.json, plots and targets.md under ``OUT/SUITE``.
+summary.csv, config.json, plots and targets.md under ``OUT/SUITE`` (default OUT:
+``benchmark_results``, which git ignores).
 """
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         argv, extra = argv[:cut], argv[cut + 1:]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("suites", nargs="+", choices=sorted(SUITES))
-    parser.add_argument("--out", default="benchmarks/results",
-                        help="parent folder of the suites' folders")
+    parser.add_argument("--out", default="benchmark_results",
+                        help="parent folder of the suites' folders (default: "
+                             "benchmark_results, git-ignored)")
     parser.add_argument("--seeds", default="3", help="seeds per method (default: 3)")
     args = parser.parse_args(argv)
     status = 0

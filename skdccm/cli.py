@@ -971,8 +971,8 @@ def _add_benchmark(subparsers) -> None:
                     "results.md, results.csv, summary.csv, config.json and plots to --out.")
     parser.add_argument("--dataset", required=True,
                         help="digits, mnist5k, mnist, usps, cifar10 (the last three from "
-                             "$SKDCCM_DATA or ../shared/data), an .npz file, or a folder "
-                             "with one subfolder of images per class")
+                             "$SKDCCM_DATA, ../shared/data or the checkout's .data), an .npz "
+                             "file, or a folder with one subfolder of images per class")
     parser.add_argument("--methods", default="dccm,kmeans",
                         help="comma-separated: dccm, crlc, FAMILY-PRESET (dccm-paper, "
                              "dccm-code, crlc-paper), kmeans, agglomerative "

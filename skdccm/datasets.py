@@ -13,7 +13,8 @@ labels ``y`` (or None where there are none).
   ``"usps"``, ``"cifar10"``) or by path.
 
 ``"mnist"``, ``"usps"`` and ``"cifar10"`` are read from a data folder: the environment
-variable ``SKDCCM_DATA`` when set, else ``../shared/data`` beside the project's checkout.
+variable ``SKDCCM_DATA`` when set, else ``../shared/data`` beside the project's checkout, or
+the checkout's ``.data`` folder (see :func:`data_home`).
 This module is a leaf: it imports nothing from the rest of skdccm.
 """
 
@@ -51,19 +52,28 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
+# The folder above the skdccm package: the project's checkout in a development install.
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
 def data_home() -> Path:
     """The folder holding ``mnist.npz``, ``usps.npz`` and ``cifar10_jpeg.npz``.
 
     Returns
     -------
     path : pathlib.Path
-        ``$SKDCCM_DATA`` when set, else ``../shared/data`` relative to the project's root
-        (the folder above the ``skdccm`` package). The folder may not exist.
+        ``$SKDCCM_DATA`` when set. Otherwise ``../shared/data`` beside the project's checkout
+        if it exists, else the checkout's git-ignored ``.data`` folder if it exists (where a
+        copy travels to a GPU machine), else ``../shared/data`` (which may not exist).
     """
     env = os.environ.get("SKDCCM_DATA")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    shared = _PROJECT_ROOT.parent / "shared" / "data"
+    local = _PROJECT_ROOT / ".data"
+    if not shared.is_dir() and local.is_dir():
+        return local
+    return shared
 
 
 def load_digits_images() -> tuple[np.ndarray, np.ndarray]:

@@ -242,6 +242,26 @@ def test_benchmark_needs_labels(tmp_path, capsys):
     assert rc == 1 and "has no labels" in capsys.readouterr().err
 
 
+def test_quality_wrapper_checks_targets(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+    spec = importlib.util.spec_from_file_location("quality", path)
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    rc = quality.main(["digits", "--out", str(tmp_path), "--seeds", "1", "--",
+                       "--n-samples", "30", "--methods", "dccm,kmeans", "--no-plots",
+                       "--no-warmup", *TINY])
+    assert rc == 0
+    summary = read_csv(tmp_path / "digits" / "summary.csv")
+    acc = float(next(r for r in summary if r["method"] == "dccm")["acc_mean"])
+    report = (tmp_path / "digits" / "targets.md").read_text()
+    verdict = "met" if acc >= 0.95 else "NOT met"
+    assert f"| dccm | {acc:.3f} | 0.95 |" in report and report.rstrip().endswith(f"{verdict} |")
+    assert "kmeans" not in report  # only the deep methods have goals
+
+
 # -- cluster ------------------------------------------------------------------------------
 
 

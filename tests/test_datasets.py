@@ -236,9 +236,18 @@ def test_load_dataset_dispatch(tmp_path, monkeypatch):
     assert y.tolist() == [2, 3]
 
 
-def test_default_data_home_is_beside_the_checkout(monkeypatch):
+def test_default_data_home_is_beside_the_checkout(monkeypatch, tmp_path):
     monkeypatch.delenv("SKDCCM_DATA", raising=False)
     assert data_home() == SHARED_DATA
+    # a checkout without ../shared/data falls back to its own .data folder when present
+    root = tmp_path / "checkout"
+    root.mkdir()
+    monkeypatch.setattr(datasets, "_PROJECT_ROOT", root)
+    assert data_home() == tmp_path / "shared" / "data"
+    (root / ".data").mkdir()
+    assert data_home() == root / ".data"
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    assert data_home() == tmp_path / "shared" / "data"
 
 
 @needs_shared("usps.npz")
