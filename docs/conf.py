@@ -9,7 +9,6 @@ Skip running the examples with ``-D plot_gallery=0``.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -72,8 +71,6 @@ sphinx_gallery_conf = {
     "write_computation_times": False,
     "show_signature": False,
 }
-# The examples import torch; keep them to the threads the caller allows.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 # -- misc -------------------------------------------------------------------------------
 pygments_style = "sphinx"
