@@ -16,6 +16,7 @@ import os
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 from sklearn.datasets import load_digits
 
 from skdccm import DCCMClustering
@@ -94,6 +95,7 @@ axes[2].set_title("cluster sizes and stability (shares)")
 axes[2].legend(fontsize=8)
 for ax in axes:
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 plt.show()
 
 # %%
