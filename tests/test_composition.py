@@ -150,7 +150,7 @@ def test_side_by_side_with_kmeans():
         scores[name] = (normalized_mutual_info_score(y, labels),
                         adjusted_rand_score(y, labels))
     # Both find structure far above chance (NMI of random labels on 300 digits is ~0.02);
-    # measured: KMeans NMI 0.86, three-epoch DCCM 0.53.
+    # measured: KMeans NMI 0.86 (ARI 0.79), three-epoch DCCM NMI 0.59 (ARI 0.41).
     assert scores["kmeans"][0] > 0.7
     assert scores["dccm"][0] > 0.25
     assert scores["dccm"][1] > 0.1
