@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from scipy import sparse
 from sklearn.base import (
     BaseEstimator,
     ClassNamePrefixFeaturesOutMixin,
@@ -22,7 +23,7 @@ from sklearn.base import (
     TransformerMixin,
 )
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch import Tensor, nn
 
 from .data import ArraySource, InputLayout, check_image_size, infer_layout, value_range
@@ -78,7 +79,9 @@ class DeepClusteringBase(
         X, layout = self._validate_input(X, reset=True)
         n_samples = X.shape[0]
         if n_samples < self.n_clusters:
-            raise ValueError(f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}")
+            raise ValueError(f"{type(self).__name__}: n_samples={n_samples} should be >= "
+                             f"n_clusters={self.n_clusters}; pass more samples or lower "
+                             "n_clusters")
 
         device = resolve_device(self.device)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
@@ -241,8 +244,13 @@ class DeepClusteringBase(
                 params[key] = value
         for key in ("max_iter", "batch_size", "predict_batch_size", "checkpoint_every"):
             value = params.get(key, getattr(self, key, None))
-            if value is not None and (not isinstance(value, numbers.Integral) or value < 1):
+            if value is not None and (not isinstance(value, numbers.Integral)
+                                      or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name}: {key}={value!r} must be a positive int")
+        for key, value in (("learning_rate", params.get("learning_rate", 1.0)),
+                           ("tol", self.tol)):
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise TypeError(f"{name}: {key}={value!r} must be a number")
         if params.get("learning_rate", 1.0) <= 0:
             raise ValueError(f"{name}: learning_rate={params['learning_rate']!r} must be > 0")
         if self.tol < 0:
@@ -256,19 +264,31 @@ class DeepClusteringBase(
 
     def _validate_input(self, X, *, reset: bool) -> tuple[np.ndarray, InputLayout]:
         name = type(self).__name__
-        if not reset:
+        shape = None
+        if not reset and not sparse.issparse(X):  # sparse: scikit-learn's advice comes first
             # Compare image sizes before scikit-learn's feature-count check, whose message
             # would speak of "features" where the user passed images of another size.
+            # 2-D input given to a model fitted on 3-D/4-D images is compared the same way;
+            # flat-on-flat keeps scikit-learn's own feature-count message.
             shape = _shape_of(X)
-            if shape is not None and len(shape) > 2:
+            if shape is not None and (len(shape) > 2 or (
+                    len(shape) == 2 and self.image_shape is None
+                    and len(self.input_shape_) != 1)):
                 layout = infer_layout(shape, np.dtype(np.float32), image_shape=None,
                                       channels=self.channels, owner=name)
                 check_image_size(layout, self.input_shape_, name)
-        X = validate_data(
-            self, X, reset=reset, allow_nd=True, dtype=list(STORED_DTYPES),
-            ensure_min_samples=2 if reset else 1, accept_sparse=False,
-        )
-        layout = infer_layout(X.shape, X.dtype, image_shape=self.image_shape,
+        _check_numeric_dtype(X, name)
+        checks = {"allow_nd": True, "dtype": list(STORED_DTYPES), "accept_sparse": False,
+                  "ensure_min_samples": 2 if reset else 1}
+        if not reset and shape is not None and len(shape) > 2:
+            # The image size was compared with input_shape_ above. scikit-learn's feature
+            # count (shape[1]) would reject equivalent forms: (n, 1, H, W) after (n, H, W).
+            X = check_array(X, estimator=self, input_name="X", **checks)
+        else:
+            X = validate_data(self, X, reset=reset, **checks)
+        # After fit, images may come in any equivalent form: image_shape only unflattens 2-D X.
+        image_shape = self.image_shape if reset or X.ndim == 2 else None
+        layout = infer_layout(X.shape, X.dtype, image_shape=image_shape,
                               channels=self.channels, owner=name)
         if not reset:
             check_image_size(layout, self.input_shape_, name)
@@ -299,6 +319,14 @@ class DeepClusteringBase(
         with torch.no_grad():
             for batch in source.batches(batch_size):
                 n_rows = batch.shape[0]
+                if n_rows == 1 and _uses_batch_statistics(module):
+                    # Copies of one sample have zero variance: every input would get the
+                    # same output.
+                    raise ValueError(
+                        f"{type(self).__name__} normalises with the statistics of the batch "
+                        "it predicts (bn_batch_stats=True), so it cannot predict a single "
+                        "sample; pass it together with other samples, or fit with "
+                        "bn_batch_stats=False")
                 if n_rows < MIN_INFER_ROWS:
                     copies = -(-MIN_INFER_ROWS // n_rows)
                     batch = batch.repeat(copies, *([1] * (batch.dim() - 1)))  # (copies*B, ...)
@@ -340,9 +368,36 @@ def _shape_of(X) -> tuple[int, ...] | None:
     return tuple(shape)
 
 
+def _uses_batch_statistics(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats
+               for m in module.modules())
+
+
+def _check_numeric_dtype(X, name: str) -> None:
+    """Reject arrays of strings or complex numbers with a message that says what to pass."""
+    dtype = getattr(X, "dtype", None)
+    if not isinstance(dtype, np.dtype):  # lists, DataFrames: scikit-learn's checks apply
+        return
+    if dtype.kind in "USV":
+        raise ValueError(f"{name}: X holds {dtype} values, not numbers; pass images or "
+                         "features as a numeric array (uint8 or float)")
+    if dtype.kind == "c":
+        # "Complex data not supported" is the phrase scikit-learn's checks look for.
+        raise ValueError(f"{name}: Complex data not supported (X has dtype {dtype}); pass "
+                         "real values, e.g. X.real or np.abs(X)")
+
+
 def _as_list(callbacks) -> list:
     if callbacks is None:
         return []
     if callable(callbacks) or hasattr(callbacks, "on_epoch_end"):
         return [callbacks]
-    return list(callbacks)
+    try:
+        callbacks = list(callbacks)
+    except TypeError:
+        callbacks = [callbacks]
+    for callback in callbacks:
+        if not (callable(callback) or hasattr(callback, "on_epoch_end")):
+            raise TypeError(f"callbacks must be callables or objects with an on_epoch_end "
+                            f"method (or a list of them); got {callback!r}")
+    return callbacks

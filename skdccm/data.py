@@ -121,9 +121,13 @@ def infer_layout(
 def check_image_size(layout: InputLayout, fitted: tuple[int, ...], owner: str) -> None:
     """Raise when samples given to ``predict`` differ from those seen in ``fit``."""
     if layout.sample_shape != tuple(fitted):
+        def kind(shape: tuple[int, ...]) -> str:
+            return "images (C, H, W)" if len(shape) == 3 else "flat features"
+
         raise ValueError(
-            f"{owner} was fitted on samples of shape {tuple(fitted)!r} (C, H, W) but X holds "
-            f"samples of shape {layout.sample_shape!r}; resize the images or refit"
+            f"{owner} was fitted on samples of shape {tuple(fitted)!r}, {kind(tuple(fitted))}, "
+            f"but X holds samples of shape {layout.sample_shape!r}, {kind(layout.sample_shape)}"
+            "; resize the images or refit"
         )
 
 
@@ -136,9 +140,11 @@ def to_network_input(raw: Tensor, layout: InputLayout) -> Tensor:
     batch = raw.to(torch.float32)
     if layout.scale != 1.0:
         batch = batch.mul_(layout.scale)
-    if layout.is_image and layout.channels_last:
+    if layout.is_image and layout.channels_last and layout.sample_shape[0] > 1:
         batch = batch.reshape(-1, *layout.stored_shape).permute(0, 3, 1, 2)  # (B, C, H, W)
     elif layout.is_image:
+        # (H, W, 1) and (1, H, W) share one memory order: a permute would leave strides
+        # that torch reads as channels-last, and its kernels would round differently.
         batch = batch.reshape(-1, *layout.sample_shape)                      # (B, C, H, W)
     return batch.contiguous()
 
@@ -189,10 +195,13 @@ class ArraySource:
         return to_network_input(raw, self.layout)
 
     def batches(self, batch_size: int):
-        """Yield consecutive ``(B, *sample_shape)`` batches in input order."""
-        n = len(self)
-        for start in range(0, n, batch_size):
-            yield self.gather(torch.arange(start, min(start + batch_size, n)))
+        """Yield consecutive ``(B, *sample_shape)`` batches in input order.
+
+        Sizes differ by at most one (:func:`even_splits`): a trailing batch of one sample
+        would break BatchNorm layers that normalise with batch statistics in prediction.
+        """
+        for index in even_splits(torch.arange(len(self)), batch_size):
+            yield self.gather(index)
 
 
 def value_range(source: ArraySource, batch_size: int = 4096) -> tuple[float, float]:
@@ -214,7 +223,11 @@ def _fits_on_device(nbytes: int, device: torch.device, fraction: float) -> bool:
 def even_splits(index: Tensor, max_size: int) -> tuple[Tensor, ...]:
     """Split ``index`` into the fewest parts of at most ``max_size``, sizes within one.
 
-    Even sizes keep BatchNorm away from a trailing batch of one sample.
+    Even sizes keep BatchNorm away from a trailing batch of one sample. No part ever holds a
+    single sample when ``len(index) >= 2``: with ``max_size < 3`` (e.g. 5 samples in parts
+    of 2) parts of ``max_size + 1`` are used instead.
     """
     n_parts = max(1, -(-len(index) // max_size))
+    if len(index) >= 2:
+        n_parts = min(n_parts, len(index) // 2)
     return torch.tensor_split(index, n_parts)

@@ -8,6 +8,7 @@ views (Eq. 15).
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -414,6 +415,10 @@ class DCCMClustering(DeepClusteringBase):
         if self.ablation not in (None, *ABLATIONS):
             raise ValueError(f"{name}: unknown ablation {self.ablation!r}; choose one of "
                              + ", ".join(repr(a) for a in ABLATIONS) + " or None")
+        for key in ("graph_threshold", "confidence_threshold", "alpha", "beta",
+                    "balance_weight", "weight_decay"):
+            if not isinstance(params[key], numbers.Real) or isinstance(params[key], bool):
+                raise TypeError(f"{name}: {key}={params[key]!r} must be a number")
         for key in ("graph_threshold", "confidence_threshold"):
             if not 0.0 < params[key] <= 1.0:
                 raise ValueError(f"{name}: {key}={params[key]!r} must be in (0, 1]")
@@ -421,7 +426,8 @@ class DCCMClustering(DeepClusteringBase):
             if params[key] < 0:
                 raise ValueError(f"{name}: {key}={params[key]!r} must be >= 0")
         for key in ("target_batch_size", "passes_per_target", "draws_per_batch", "n_negatives"):
-            if not isinstance(params[key], int) or params[key] < 1:
+            if (not isinstance(params[key], numbers.Integral) or isinstance(params[key], bool)
+                    or params[key] < 1):
                 raise ValueError(f"{name}: {key}={params[key]!r} must be a positive int")
         if params["pseudo_label_loss"] not in ("ce", "bce"):
             raise ValueError(f"{name}: pseudo_label_loss={params['pseudo_label_loss']!r}; "

@@ -72,7 +72,16 @@ def pseudo_graph_loss(
     if scale_by_max:
         sim = sim / sim.max().clamp_min(eps)
     sim = sim.clamp(eps, 1.0 - eps)
-    return F.binary_cross_entropy(sim, graph.to(sim.dtype))
+    return _binary_cross_entropy(sim, graph.to(sim.dtype)).mean()
+
+
+def _binary_cross_entropy(probs: Tensor, target: Tensor) -> Tensor:
+    """Element-wise BCE of probabilities already clamped away from 0 and 1.
+
+    Written out rather than ``F.binary_cross_entropy``, which raises a RuntimeError on NaN
+    input: a diverged network must reach the training loop's FloatingPointError instead.
+    """
+    return -(target * probs.log() + (1.0 - target) * (1.0 - probs).log())
 
 
 def pseudo_label_loss(
@@ -105,7 +114,7 @@ def pseudo_label_loss(
     elif form == "bce":
         probs = logits.softmax(dim=1).clamp(1e-7, 1 - 1e-7)                       # (n, K)
         onehot = F.one_hot(labels, logits.shape[1]).to(probs.dtype)               # (n, K)
-        per_sample = F.binary_cross_entropy(probs, onehot, reduction="none").mean(1)
+        per_sample = _binary_cross_entropy(probs, onehot).mean(1)                  # (n,)
     else:
         raise ValueError(f"pseudo_label_loss form must be 'ce' or 'bce', got {form!r}")
     return (per_sample * confident.to(per_sample.dtype)).sum() / n

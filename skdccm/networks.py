@@ -264,11 +264,19 @@ def infer_output_shapes(backbone: nn.Module, sample_shape: tuple[int, ...]) -> t
     """Channels of the shallow map and width of the feature vector, from a dry run."""
     probe = copy.deepcopy(backbone).train()  # a copy: the dry run must not touch BN statistics
     with torch.no_grad():
-        shallow, features = probe(torch.zeros(2, *sample_shape))
-    if shallow.dim() != 4 or features.dim() != 2:
+        output = probe(torch.zeros(2, *sample_shape))
+    expected = ("a custom backbone must return a pair (shallow map of shape (N, C, h, w), "
+                "feature vector of shape (N, F))")
+    if (not isinstance(output, tuple | list) or len(output) != 2
+            or not all(isinstance(t, Tensor) for t in output)):
+        got = (f"a {type(output).__name__} of {len(output)}" if isinstance(output, tuple | list)
+               else f"a {type(output).__name__}")
+        raise ValueError(f"{expected}; got {got}")
+    shallow, features = output
+    if shallow.dim() != 4 or features.dim() != 2 or len(shallow) != 2 or len(features) != 2:
         raise ValueError(
-            "a custom backbone must return (shallow map of shape (N, C, h, w), feature vector "
-            f"of shape (N, F)); got shapes {tuple(shallow.shape)} and {tuple(features.shape)}"
+            f"{expected}; got shapes {tuple(shallow.shape)} and {tuple(features.shape)} for "
+            "N=2"
         )
     return int(shallow.shape[1]), int(features.shape[1])
 

@@ -186,9 +186,12 @@ def load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupted, truncated, or a pickle with code in it
+        # torch's own message suggests weights_only=False, which would run the file's
+        # code: keep it out of ours (it stays on the chained exception).
         raise ValueError(
-            f"{path} is not a readable skdccm checkpoint ({type(exc).__name__}: {exc}). "
-            "Delete it or point checkpoint_dir elsewhere"
+            f"{path} is not a readable skdccm checkpoint ({type(exc).__name__}): it is "
+            "truncated, corrupted or holds more than tensors and plain values, and was not "
+            "loaded. Delete it or point checkpoint_dir elsewhere"
         ) from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an skdccm checkpoint")
@@ -312,6 +315,7 @@ def train(
         for epoch in range(start_epoch, spec.max_epochs):
             tic = time.perf_counter()
             sums: dict[str, Tensor] = {}
+            first_bad: dict[str, Tensor] = {}   # name -> first step where it was not finite
             stat_sums: dict[str, Tensor] = {}
             labels = torch.full((n,), -1, dtype=torch.long, device=device)
             n_steps = n_chunks = 0
@@ -341,6 +345,7 @@ def train(
                             scaler.step(optimizer)
                             scaler.update()
                             _accumulate(sums, {"loss": result.loss, **result.parts})
+                            _note_non_finite(first_bad, result.parts, n_steps)
                             if pass_ == 0 and result.labels is not None:
                                 labels[chunk.to(device)[batch_dev]] = result.labels
                             n_steps += 1
@@ -349,7 +354,7 @@ def train(
             # Epoch end: the one place where figures leave the device.
             record = _epoch_record(epoch, sums, n_steps, stat_sums, n_chunks, labels,
                                    previous_labels, n_clusters, lr, time.perf_counter() - tic)
-            _check_finite(record)
+            _check_finite(record, first_bad)
             previous_labels = labels
             history.append(record)
             last_good = _snapshot(module, objective)
@@ -429,8 +434,25 @@ def _epoch_record(epoch: int, sums: dict[str, Tensor], n_steps: int,
     return record
 
 
-def _check_finite(record: dict[str, Any]) -> None:
+def _note_non_finite(first_bad: dict[str, Tensor], parts: dict[str, Tensor], step: int) -> None:
+    """Keep, per loss part, the first step of the epoch at which it was not finite.
+
+    Device-side (no synchronisation per step): once one part is NaN the weights are, and
+    every part follows, so only the first step tells which part diverged.
+    """
+    never = torch.iinfo(torch.int64).max
+    for key, value in parts.items():
+        step_if_bad = torch.where(torch.isfinite(value.detach()), never, step)
+        first_bad[key] = (torch.minimum(first_bad[key], step_if_bad) if key in first_bad
+                          else step_if_bad)
+
+
+def _check_finite(record: dict[str, Any], first_bad: dict[str, Tensor] | None = None) -> None:
     bad = [k for k, v in record["loss_parts"].items() if not math.isfinite(v)]
+    if bad and first_bad:
+        steps = {k: int(first_bad[k]) for k in bad if k in first_bad}
+        if steps:
+            bad = [k for k, step in steps.items() if step == min(steps.values())]
     if bad or not math.isfinite(record["loss"]):
         raise FloatingPointError(
             f"training diverged in epoch {record['epoch']}: non-finite loss "

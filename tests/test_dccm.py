@@ -1,0 +1,288 @@
+"""Tests of DCCMClustering: the estimator's outputs, reproducibility, presets, ablations and
+the options that change the objective. Tiny CPU fits on scikit-learn's 8x8 digits."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+
+import skdccm.dccm as dccm_module
+from skdccm.dccm import PRESETS
+from skdccm.networks import DCCMNetwork
+
+#: Sizes that keep the paper and code presets (10 passes, 2 draws, 1000 per target batch)
+#: tiny; every other preset value is left to the preset.
+TINY_LOOP = {"max_iter": 1, "batch_size": 16, "target_batch_size": 32,
+             "passes_per_target": 1, "draws_per_batch": 1}
+
+
+@pytest.fixture
+def X(digit_images):
+    return digit_images[:48]
+
+
+def batchnorms(module):
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+# ---------------------------------------------------------------------------------------
+# outputs of a fitted estimator
+# ---------------------------------------------------------------------------------------
+
+
+def test_fitted_attributes(fitted_dccm, digit_images):
+    est = fitted_dccm
+    assert est.labels_.shape == (150,) and est.labels_.dtype.kind == "i"
+    assert est.n_iter_ == len(est.history_) == 3
+    assert est.input_shape_ == (1, 8, 8)
+    assert est.n_features_in_ == 8
+    assert est.device_ == torch.device("cpu")
+    assert isinstance(est.module_, DCCMNetwork) and not est.module_.training
+    assert all(p.device.type == "cpu" for p in est.module_.parameters())
+    assert est.get_feature_names_out().shape == (64,)
+
+
+def test_predict_proba_transform_shapes_and_dtypes(fitted_dccm, digit_images):
+    new = digit_images[:37]
+    proba = fitted_dccm.predict_proba(new)
+    assert proba.shape == (37, 10) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    assert (proba >= 0).all()
+    labels = fitted_dccm.predict(new)
+    assert labels.shape == (37,) and labels.dtype.kind == "i"
+    np.testing.assert_array_equal(labels, proba.argmax(axis=1))
+    embedding = fitted_dccm.transform(new)
+    assert embedding.shape == (37, 64) and embedding.dtype == np.float32
+    assert np.isfinite(embedding).all()
+    assert fitted_dccm.transform(new.astype(np.float64) / 255).dtype == np.float32
+
+
+def test_labels_are_consecutive_by_decreasing_size_and_match_predict(fitted_dccm,
+                                                                      digit_images):
+    labels = fitted_dccm.labels_
+    used = np.unique(labels)
+    assert len(used) >= 2
+    np.testing.assert_array_equal(used, np.arange(len(used)))
+    sizes = np.bincount(labels)
+    assert (np.diff(sizes) <= 0).all()
+    np.testing.assert_array_equal(fitted_dccm.predict(digit_images), labels)
+
+
+def test_prediction_does_not_depend_on_batching_with_running_statistics(fitted_dccm,
+                                                                        digit_images):
+    whole = fitted_dccm.predict_proba(digit_images)
+    part = fitted_dccm.predict_proba(digit_images[:20])
+    np.testing.assert_allclose(part, whole[:20], atol=1e-6)
+    small_batches = clone(fitted_dccm).set_params(predict_batch_size=7)
+    small_batches.__dict__.update({k: v for k, v in vars(fitted_dccm).items()
+                                   if k.endswith("_")})
+    np.testing.assert_allclose(small_batches.predict_proba(digit_images), whole, atol=1e-6)
+
+
+def test_pickle_round_trip(fitted_dccm, digit_images):
+    restored = pickle.loads(pickle.dumps(fitted_dccm))
+    np.testing.assert_array_equal(restored.predict_proba(digit_images[:30]),
+                                  fitted_dccm.predict_proba(digit_images[:30]))
+
+
+def test_predict_on_another_image_size_raises(fitted_dccm):
+    with pytest.raises(ValueError, match=r"fitted on samples of shape \(1, 8, 8\).*"
+                                         r"\(1, 9, 9\)"):
+        fitted_dccm.predict(np.zeros((3, 9, 9), dtype=np.uint8))
+
+
+def test_fit_predict_equals_labels(make_dccm, X):
+    labels = make_dccm().fit_predict(X)
+    est = make_dccm().fit(X)
+    np.testing.assert_array_equal(labels, est.labels_)
+
+
+def test_fit_returns_self_and_keeps_the_parameters(make_dccm, X):
+    est = make_dccm(preset="paper", **TINY_LOOP)
+    before = est.get_params()
+    assert est.fit(X) is est
+    after = est.get_params()
+    assert before.keys() == after.keys()
+    assert all(after[k] is before[k] or after[k] == before[k] for k in before)
+    assert est.device == "cpu" and est.alpha is None   # resolved values live elsewhere
+
+
+# ---------------------------------------------------------------------------------------
+# randomness
+# ---------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_result_other_seed_other_result(make_dccm, X):
+    a = make_dccm(random_state=3).fit(X)
+    b = make_dccm(random_state=3).fit(X)
+    c = make_dccm(random_state=4).fit(X)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    assert not np.allclose(a.predict_proba(X), c.predict_proba(X), atol=1e-3)
+
+
+def test_random_state_instance_is_accepted(make_dccm, X):
+    a = make_dccm(random_state=np.random.RandomState(5)).fit(X)
+    b = make_dccm(random_state=np.random.RandomState(5)).fit(X)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+
+
+def test_global_random_states_are_untouched(make_dccm, X):
+    torch.manual_seed(123)
+    np.random.seed(123)  # noqa: NPY002 - the legacy global state is what users share
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()  # noqa: NPY002
+    make_dccm(random_state=0).fit(X).predict_proba(X)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    after = np.random.get_state()  # noqa: NPY002
+    assert after[0] == numpy_state[0]
+    np.testing.assert_array_equal(after[1], numpy_state[1])
+    assert after[2:] == numpy_state[2:]
+
+
+# ---------------------------------------------------------------------------------------
+# presets
+# ---------------------------------------------------------------------------------------
+
+
+PAPER_VALUES = {
+    "optimizer": "rmsprop", "learning_rate": 1e-4, "lr_schedule": "constant",
+    "weight_decay": 0.0, "alpha": 5.0, "beta": 0.1, "graph_threshold": 0.95,
+    "confidence_threshold": 0.9, "pseudo_label_loss": "ce", "original_view_loss": True,
+    "balance_weight": 0.0, "bn_batch_stats": True, "n_negatives": 2,
+}
+
+
+def test_paper_preset_resolves_to_the_papers_settings(make_dccm, X):
+    est = make_dccm(preset="paper", **TINY_LOOP).fit(X)
+    assert est.preset_params_ == {**PAPER_VALUES, **TINY_LOOP}
+    assert PRESETS["paper"]["max_iter"] == 200
+    assert (PRESETS["paper"]["batch_size"], PRESETS["paper"]["target_batch_size"],
+            PRESETS["paper"]["passes_per_target"], PRESETS["paper"]["draws_per_batch"]) == (
+        32, 1000, 10, 2)
+    assert set(est.history_[0]["loss_parts"]) == {"graph", "label", "mi"}
+    assert all(m.running_mean is None for m in batchnorms(est.module_))   # batch statistics
+
+
+def test_code_preset_resolves_to_the_released_codes_settings(make_dccm, X):
+    est = make_dccm(preset="code", **TINY_LOOP).fit(X)
+    expected = {**PAPER_VALUES, "pseudo_label_loss": "bce", "original_view_loss": False,
+                "beta": 0.05, **TINY_LOOP}
+    assert est.preset_params_ == expected
+
+
+def test_default_preset_and_explicit_values(make_dccm, X):
+    est = make_dccm(alpha=2.0, **TINY_LOOP).fit(X)
+    assert est.preset_params_ == {**PRESETS["default"], **TINY_LOOP, "alpha": 2.0}
+    assert PRESETS["default"].keys() == PRESETS["paper"].keys() == PRESETS["code"].keys()
+
+
+# ---------------------------------------------------------------------------------------
+# the objective: ablations, weights, views
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def count_views(monkeypatch):
+    """Count augmented views drawn during a fit."""
+    calls = []
+    original = dccm_module.dccm_view
+
+    def counting(images, *args, **kwargs):
+        calls.append(images.shape[0])
+        return original(images, *args, **kwargs)
+
+    monkeypatch.setattr(dccm_module, "dccm_view", counting)
+    return calls
+
+
+@pytest.mark.parametrize(("ablation", "parts", "augmented"), [
+    ("M1", {"graph"}, False),
+    ("M2", {"graph"}, True),
+    ("M3", {"graph", "label"}, True),
+    ("M4", {"graph", "label", "mi"}, True),
+    (None, {"graph", "label", "mi"}, True),
+])
+def test_ablations_use_exactly_their_loss_parts(make_dccm, X, count_views, ablation, parts,
+                                                augmented):
+    alpha, beta = 3.0, 0.5
+    est = make_dccm(ablation=ablation, balance_weight=0.0, alpha=alpha, beta=beta,
+                    max_iter=2).fit(X)
+    for record in est.history_:
+        assert set(record["loss_parts"]) == parts
+        p = record["loss_parts"]
+        total = p["graph"] + alpha * p.get("label", 0.0) + beta * p.get("mi", 0.0)
+        assert record["loss"] == pytest.approx(total, rel=1e-5)
+    assert (len(count_views) > 0) is augmented
+
+
+def test_balance_term_enters_the_loss_with_its_weight(make_dccm, X):
+    est = make_dccm(ablation="M3", balance_weight=0.7, alpha=1.0).fit(X)
+    p = est.history_[0]["loss_parts"]
+    assert set(p) == {"graph", "label", "balance"}
+    assert est.history_[0]["loss"] == pytest.approx(p["graph"] + p["label"]
+                                                    + 0.7 * p["balance"], rel=1e-5)
+
+
+@pytest.mark.parametrize(("original_view_loss", "rows"), [(True, 32), (False, 16)])
+def test_original_view_loss_adds_the_unaugmented_images(make_dccm, digit_images, monkeypatch,
+                                                        original_view_loss, rows):
+    # 48 images in one target batch of 48, minibatches of 16: the network sees 48 rows
+    # for the targets, then 16 rows per view per step.
+    seen = []
+    original = DCCMNetwork.forward
+    monkeypatch.setattr(DCCMNetwork, "forward",
+                        lambda self, x: seen.append(x.shape[0]) or original(self, x))
+    make_dccm(ablation="M2", batch_size=16, target_batch_size=48,
+              original_view_loss=original_view_loss).fit(digit_images[:48])
+    training_rows = seen[:4]           # targets, then three steps; prediction comes after
+    assert training_rows == [48, rows, rows, rows]
+
+
+def test_bn_batch_stats(make_dccm, X):
+    est = make_dccm(bn_batch_stats=True).fit(X)
+    assert batchnorms(est.module_) and all(
+        m.running_mean is None and not m.track_running_stats for m in batchnorms(est.module_))
+    whole = est.predict_proba(X)
+    np.testing.assert_array_equal(est.predict(X), est.labels_)
+    # batch statistics: an image's probabilities depend on the batch it comes in
+    assert not np.allclose(est.predict_proba(X[:10]), whole[:10], atol=1e-4)
+    with pytest.raises(ValueError, match=r"bn_batch_stats=True.*single sample"):
+        est.predict(X[:1])
+    running = make_dccm(bn_batch_stats=False).fit(X)
+    assert all(m.running_mean is not None for m in batchnorms(running.module_))
+
+
+def test_every_input_form_gives_the_same_fit(make_dccm, digit_images):
+    # Probabilities, not labels: a one-epoch fit may still put most images in one cluster.
+    images = digit_images[:40]                                         # (40, 8, 8) uint8
+    reference = make_dccm(ablation="M3").fit(images)
+    expected = reference.predict_proba(images)
+    forms = [
+        (images.reshape(40, 64), {"image_shape": (8, 8)}),
+        (images.reshape(40, 64), {"image_shape": (1, 8, 8)}),
+        (images[..., None], {}),                                       # (n, H, W, 1)
+        (images[:, None], {}),                                         # (n, 1, H, W)
+    ]
+    for array, params in forms:
+        est = make_dccm(ablation="M3", **params).fit(array)
+        assert est.input_shape_ == (1, 8, 8)
+        np.testing.assert_array_equal(est.labels_, reference.labels_)
+        np.testing.assert_array_equal(est.predict_proba(array), expected)
+    # uint8 is scaled by 1/255; floats are used as given, so the scaled values given as
+    # float32, float64 or nested lists are the same fit
+    scaled = images.astype(np.float32) * np.float32(1 / 255)
+    for array in (scaled, scaled.astype(np.float64), scaled.tolist()):
+        est = make_dccm(ablation="M3").fit(array)
+        np.testing.assert_array_equal(est.predict_proba(array), expected)
+
+
+def test_flat_features_use_the_mlp_without_augmentation(make_dccm, X, count_views):
+    flat = X.reshape(len(X), -1).astype(np.float32) / 255
+    est = make_dccm().fit(flat)
+    assert est.input_shape_ == (64,)
+    assert count_views == []                      # "auto": no image augmentation
+    assert est.transform(flat).shape == (48, 64)

@@ -1,0 +1,428 @@
+"""Tests of skdccm.training through DCCMClustering: history, progress, callbacks, stopping,
+checkpoints, resuming, interrupts and divergence (issue 6), plus the loop's pure helpers.
+
+Every fit is tiny: 32 digit images, 4 clusters, minibatches of 16, one target batch of 32,
+so an epoch is two optimiser steps on CPU. Tests of the loop's mechanics drop the costly
+mutual-information loss (ablation M3); those about reproducibility keep the full objective,
+whose triplet sampling draws from the device generator that a checkpoint must restore.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import skdccm.dccm as dccm_module
+import skdccm.training as training
+from skdccm.dccm import DCCMObjective
+from skdccm.training import (
+    CHECKPOINT_NAME,
+    EarlyStop,
+    TrainSpec,
+    learning_rate_at,
+    make_optimizer,
+    resolve_device,
+    steps_per_epoch,
+)
+
+RECORD_KEYS = {"epoch", "loss", "loss_parts", "confident", "graph_positive", "cluster_sizes",
+               "cluster_min", "cluster_max", "lr", "seconds"}
+
+
+@pytest.fixture
+def X(digit_images):
+    return digit_images[:32]
+
+
+@pytest.fixture
+def make_full(make_dccm):
+    """Tiny estimators with the full DCCM objective."""
+    return lambda **params: make_dccm(**{"batch_size": 16, "target_batch_size": 32, **params})
+
+
+@pytest.fixture
+def make(make_full):
+    """Tiny estimators without the mutual-information loss: the loop is what is tested."""
+    return lambda **params: make_full(**{"ablation": "M3", **params})
+
+
+def state(est):
+    return {k: v.clone() for k, v in est.module_.state_dict().items()}
+
+
+def assert_same_fit(a, b):
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    sa, sb = state(a), state(b)
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+    assert [r["loss"] for r in a.history_] == [r["loss"] for r in b.history_]
+
+
+# ---------------------------------------------------------------------------------------
+# history
+# ---------------------------------------------------------------------------------------
+
+
+def test_history_records_have_the_documented_keys(make_full, X):
+    est = make_full(max_iter=3).fit(X)
+    assert est.n_iter_ == len(est.history_) == 3
+    for i, record in enumerate(est.history_, start=1):
+        assert RECORD_KEYS <= record.keys()
+        assert ("label_change" in record) is (i > 1)  # needs a previous epoch
+        assert record["epoch"] == i
+        assert math.isfinite(record["loss"]) and record["seconds"] > 0
+        assert record["loss_parts"] and all(math.isfinite(v) for v in
+                                            record["loss_parts"].values())
+        assert 0 <= record["confident"] <= 1 and 0 <= record["graph_positive"] <= 1
+        assert len(record["cluster_sizes"]) == 4 and sum(record["cluster_sizes"]) == 32
+        assert record["cluster_min"] == min(record["cluster_sizes"]) / 32
+        assert record["cluster_max"] == max(record["cluster_sizes"]) / 32
+    assert 0 <= est.history_[-1]["label_change"] <= 1
+
+
+def test_history_learning_rate_follows_the_schedule(make, X):
+    constant = make(max_iter=2, lr_schedule="constant", learning_rate=1e-3).fit(X)
+    assert [r["lr"] for r in constant.history_] == [1e-3, 1e-3]
+    cosine = make(max_iter=3, lr_schedule="cosine", learning_rate=1e-3).fit(X)
+    lrs = [r["lr"] for r in cosine.history_]
+    assert 1e-3 > lrs[0] > lrs[1] > lrs[2] >= 0
+
+
+# ---------------------------------------------------------------------------------------
+# progress output
+# ---------------------------------------------------------------------------------------
+
+
+def test_verbose_0_prints_nothing(make, X, capsys):
+    make(max_iter=2, verbose=0).fit(X)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_verbose_2_prints_one_line_per_epoch(make, X, capsys):
+    make(max_iter=3, verbose=2).fit(X)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    for i, line in enumerate(lines, start=1):
+        assert re.match(rf"epoch {i}/3 loss=\d+\.\d{{4}} \(graph=", line), line
+
+
+def test_verbose_1_updates_one_line(make, X, capsys):
+    make(max_iter=3, verbose=1).fit(X)
+    out = capsys.readouterr().out
+    assert out.count("\r") == 3            # each epoch rewrites the line
+    assert out.count("\n") == 1 and out.endswith("\n")
+    assert "epoch 3/3" in out.split("\r")[-1]
+
+
+def test_progress_goes_to_the_skdccm_logger(make, X, caplog):
+    with caplog.at_level(logging.INFO, logger="skdccm"):
+        make(max_iter=2).fit(X)
+    epochs = [r for r in caplog.records if r.name == "skdccm" and "epoch" in r.getMessage()]
+    assert len(epochs) == 2
+    assert epochs[1].getMessage().startswith("epoch 2/2")
+
+
+# ---------------------------------------------------------------------------------------
+# callbacks and stopping
+# ---------------------------------------------------------------------------------------
+
+
+def test_callable_callback_receives_each_record_and_the_estimator(make, X):
+    seen = []
+    est = make(max_iter=3, callbacks=lambda owner, record: seen.append((owner, record)))
+    est.fit(X)
+    assert [owner for owner, _ in seen] == [est] * 3
+    assert [record for _, record in seen] == est.history_
+
+
+def test_callback_returning_true_stops(make, X):
+    est = make(max_iter=5, callbacks=lambda owner, record: record["epoch"] == 2).fit(X)
+    assert est.n_iter_ == 2 and len(est.history_) == 2
+    assert est.labels_.shape == (32,)
+
+
+class StopAt:
+    """A callback object: collects epochs and raises EarlyStop at ``epoch``."""
+
+    def __init__(self, epoch):
+        self.epoch, self.epochs = epoch, []
+
+    def on_epoch_end(self, owner, record):
+        self.epochs.append(record["epoch"])
+        if record["epoch"] == self.epoch:
+            raise EarlyStop
+
+
+def test_callback_object_with_on_epoch_end_raising_early_stop(make, X):
+    stopper, seen = StopAt(1), []
+    est = make(max_iter=4, callbacks=[stopper, lambda o, r: seen.append(r["epoch"])])
+    est.fit(X)
+    assert est.n_iter_ == 1 and stopper.epochs == [1]
+    assert seen == [1]   # every callback still sees the last epoch
+
+
+def test_tol_stops_when_labels_stop_changing(make, X):
+    never = make(max_iter=3, tol=0.0).fit(X)
+    assert never.n_iter_ == 3
+    assert never.history_[1]["label_change"] > 0
+    # tol=1 is reached as soon as a label change is measured, after the second epoch
+    est = make(max_iter=3, tol=1.0).fit(X)
+    assert est.n_iter_ == 2 == len(est.history_)
+    assert est.history_ == never.history_[:2] or [r["loss"] for r in est.history_] == [
+        r["loss"] for r in never.history_[:2]]
+    # a tol just below the second epoch's change does not stop there
+    tol = never.history_[1]["label_change"] * 0.999
+    est = make(max_iter=3, tol=tol).fit(X)
+    assert est.n_iter_ == 3 or est.history_[2]["label_change"] <= tol
+
+
+# ---------------------------------------------------------------------------------------
+# checkpoints and resuming
+# ---------------------------------------------------------------------------------------
+
+
+def test_checkpoints_every_n_epochs_and_at_the_end(make, X, tmp_path, monkeypatch):
+    saved = []
+    original = training.save_checkpoint
+
+    def spy(path, state):
+        saved.append(state["epoch"])
+        original(path, state)
+
+    monkeypatch.setattr(training, "save_checkpoint", spy)
+    est = make(max_iter=5, checkpoint_dir=str(tmp_path), checkpoint_every=2).fit(X)
+    assert saved == [2, 4, 5]
+    assert sorted(os.listdir(tmp_path)) == [CHECKPOINT_NAME]      # no temporary file left
+    checkpoint = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert checkpoint["format"] == training.CHECKPOINT_FORMAT
+    assert checkpoint["epoch"] == 5
+    assert checkpoint["history"] == est.history_
+    assert checkpoint["module"].keys() == est.module_.state_dict().keys()
+
+
+def test_checkpoint_write_is_atomic(make, X, tmp_path, monkeypatch):
+    make(checkpoint_dir=str(tmp_path)).fit(X)
+    before = (tmp_path / CHECKPOINT_NAME).read_bytes()
+
+    def crash(obj, path, *args, **kwargs):
+        with open(path, "wb") as f:                 # a half-written file, then a crash
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        make(checkpoint_dir=str(tmp_path)).fit(X)
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
+
+
+def test_resume_after_a_shorter_run_matches_an_uninterrupted_run(make_full, X, tmp_path):
+    # A constant rate: a cosine schedule depends on max_iter, so a max_iter=2 run is not
+    # the first half of a max_iter=4 run.
+    params = {"lr_schedule": "constant", "checkpoint_dir": str(tmp_path)}
+    make_full(max_iter=2, **params).fit(X)
+    resumed = make_full(max_iter=4, resume=True, **params).fit(X)
+    full = make_full(max_iter=4, lr_schedule="constant").fit(X)
+    assert resumed.n_iter_ == 4
+    assert_same_fit(resumed, full)
+
+
+def test_resume_after_an_interrupt_matches_an_uninterrupted_run(make_full, X, tmp_path):
+    def interrupt(owner, record):
+        if record["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.warns(RuntimeWarning, match="interrupted during epoch 3"):
+        make_full(max_iter=4, checkpoint_dir=str(tmp_path), callbacks=interrupt).fit(X)
+    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["epoch"] == 2
+    resumed = make_full(max_iter=4, checkpoint_dir=str(tmp_path), resume=True).fit(X)
+    assert_same_fit(resumed, make_full(max_iter=4).fit(X))
+
+
+def test_resume_without_a_checkpoint_trains_from_scratch(make, X, tmp_path):
+    resumed = make(max_iter=2, checkpoint_dir=str(tmp_path / "new"), resume=True).fit(X)
+    assert_same_fit(resumed, make(max_iter=2).fit(X))
+
+
+def test_resume_a_finished_run_trains_no_further(make, X, tmp_path):
+    first = make(max_iter=2, checkpoint_dir=str(tmp_path)).fit(X)
+    again = make(max_iter=2, checkpoint_dir=str(tmp_path), resume=True).fit(X)
+    assert again.n_iter_ == 2
+    assert_same_fit(again, first)
+
+
+class RunsCode:
+    """Unpickling this runs ``touch <path>``: a checkpoint must never do so."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+@pytest.mark.parametrize("content", ["random bytes", "pickle with code", "foreign dict",
+                                     "list", "other fingerprint"])
+def test_unusable_checkpoint_gives_a_clear_error(make, X, tmp_path, content):
+    path = tmp_path / CHECKPOINT_NAME
+    marker = tmp_path / "code-was-run"
+    if content == "random bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(2000))
+        match = "not a readable skdccm checkpoint"
+    elif content == "pickle with code":
+        path.write_bytes(pickle.dumps({"format": "skdccm-checkpoint", "x": RunsCode(marker)}))
+        match = "not a readable skdccm checkpoint"
+    elif content == "foreign dict":
+        torch.save({"format": "someone-else", "weights": torch.zeros(3)}, path)
+        match = "is not an skdccm checkpoint"
+    elif content == "list":
+        torch.save([torch.zeros(2)], path)
+        match = "is not an skdccm checkpoint"
+    else:
+        make(n_clusters=3, checkpoint_dir=str(tmp_path)).fit(X)
+        match = "different configuration"
+    before = path.read_bytes()
+    with warnings.catch_warnings(), pytest.raises(ValueError, match=match) as excinfo:
+        warnings.simplefilter("ignore")  # torch may warn about the pickle protocol
+        make(checkpoint_dir=str(tmp_path), resume=True).fit(X)
+    assert str(tmp_path) in str(excinfo.value)
+    assert "weights_only=False" not in str(excinfo.value)  # never advise running the file
+    assert not marker.exists()
+    assert path.read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------
+# interrupts
+# ---------------------------------------------------------------------------------------
+
+
+def test_interrupt_inside_epoch_2_keeps_epoch_1_weights(make_full, X, monkeypatch):
+    epoch_done = []
+    original = DCCMObjective.step
+
+    def step(self, *args, **kwargs):
+        if epoch_done:                      # first step of epoch 2
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DCCMObjective, "step", step)
+    est = make_full(max_iter=3, lr_schedule="constant",
+                    callbacks=lambda owner, record: epoch_done.append(record["epoch"]))
+    with pytest.warns(RuntimeWarning, match=r"interrupted during epoch 2.*last complete "
+                                            r"epoch \(1\)"):
+        est.fit(X)
+    monkeypatch.setattr(DCCMObjective, "step", original)
+    assert est.n_iter_ == 1 and len(est.history_) == 1
+    assert_same_fit(est, make_full(max_iter=1, lr_schedule="constant").fit(X))
+    assert est.predict(X).shape == (32,)                   # usable
+    np.testing.assert_array_equal(est.predict(X), est.labels_)
+
+
+def test_interrupt_from_a_callback_keeps_the_finished_epoch(make, X):
+    def interrupt(owner, record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        est = make(max_iter=3, lr_schedule="constant", callbacks=interrupt).fit(X)
+    assert est.n_iter_ == 2
+    assert_same_fit(est, make(max_iter=2, lr_schedule="constant").fit(X))
+
+
+def test_interrupt_in_the_first_epoch_leaves_nothing_fitted(make, X, monkeypatch):
+    def step(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DCCMObjective, "step", step)
+    est = make()
+    with pytest.warns(RuntimeWarning, match="interrupted"), \
+            pytest.raises(RuntimeError, match="before its first epoch"):
+        est.fit(X)
+    assert not hasattr(est, "module_")
+
+
+# ---------------------------------------------------------------------------------------
+# divergence
+# ---------------------------------------------------------------------------------------
+
+
+def test_divergence_raises_and_leaves_the_checkpoint_untouched(make, X, tmp_path):
+    make(checkpoint_dir=str(tmp_path)).fit(X)
+    before = (tmp_path / CHECKPOINT_NAME).read_bytes()
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \(.*graph.*\)"):
+        make(max_iter=2, learning_rate=1e30, checkpoint_dir=str(tmp_path)).fit(X)
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
+
+
+def test_divergence_names_the_loss_part(make, X, tmp_path, monkeypatch):
+    make(checkpoint_dir=str(tmp_path)).fit(X)
+    before = (tmp_path / CHECKPOINT_NAME).read_bytes()
+
+    def nan_label_loss(logits, *args, **kwargs):
+        return logits.sum() * float("nan")
+
+    monkeypatch.setattr(dccm_module, "pseudo_label_loss", nan_label_loss)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \(label\)"):
+        make(checkpoint_dir=str(tmp_path)).fit(X)
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------
+# pure helpers of the loop
+# ---------------------------------------------------------------------------------------
+
+
+def spec(**kwargs):
+    return TrainSpec(**{"max_epochs": 4, "batch_size": 32, "chunk_size": 64, **kwargs})
+
+
+def test_steps_per_epoch_counts_chunks_batches_passes_and_draws():
+    # 150 samples: chunks of 50 (3), each in batches of 25 (2), 10 passes, 2 draws.
+    assert steps_per_epoch(150, spec(batch_size=32, chunk_size=64, passes_per_chunk=10,
+                                     steps_per_batch=2)) == 3 * 2 * 10 * 2
+    assert steps_per_epoch(64, spec()) == 2
+
+
+def test_learning_rate_schedules():
+    cosine = spec(learning_rate=0.1, lr_schedule="cosine")
+    assert learning_rate_at(0, 100, cosine) == pytest.approx(0.1)
+    assert learning_rate_at(50, 100, cosine) == pytest.approx(0.05)
+    assert learning_rate_at(100, 100, cosine) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate_at(73, 100, spec(learning_rate=0.1)) == 0.1
+    with pytest.raises(ValueError, match=r"unknown lr_schedule 'step'.*'cosine'"):
+        learning_rate_at(0, 10, spec(lr_schedule="step"))
+
+
+def test_optimizer_choices_and_weight_decay_groups():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    params = list(model.parameters())
+    rmsprop = make_optimizer(params, spec(optimizer="rmsprop", learning_rate=1e-4,
+                                          weight_decay=0.1))
+    assert isinstance(rmsprop, torch.optim.RMSprop)
+    assert rmsprop.defaults["alpha"] == 0.9                 # DCCM's smoothing
+    decayed, plain = rmsprop.param_groups
+    assert [p.ndim for p in decayed["params"]] == [2] and decayed["weight_decay"] == 0.1
+    assert all(p.ndim == 1 for p in plain["params"]) and plain["weight_decay"] == 0.0
+    assert isinstance(make_optimizer(params, spec(optimizer="sgd")), torch.optim.SGD)
+    assert isinstance(make_optimizer(params, spec(optimizer="adamw")), torch.optim.AdamW)
+    with pytest.raises(ValueError, match=r"unknown optimizer 'lbfgs'.*'rmsprop'"):
+        make_optimizer(params, spec(optimizer="lbfgs"))
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="not a torch device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
