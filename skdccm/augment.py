@@ -155,7 +155,6 @@ def dccm_view(images: Tensor, config: AffineAugmentation, value_range: tuple[flo
     return view
 
 
-
 # ----------------------------------------------------------------------------------------
 # CRLC two-view augmentation
 # ----------------------------------------------------------------------------------------
@@ -215,12 +214,16 @@ class ContrastiveAugmentation:
 
 
 #: Named settings: CRLC's CIFAR views, the same with blur for images of 64 pixels or more
-#: (STL-10, ImageNet subsets), a digit-safe variant (no flip, milder crops, brightness and
-#: contrast only) and feature noise for flat inputs.
+#: (STL-10, ImageNet subsets), a digit-safe variant (no flip; crops of at least 30% of the
+#: area, turned by up to 20 degrees; brightness and contrast only) and feature noise for
+#: flat inputs. The digit settings were chosen on scikit-learn's 8x8 digits (CRLC, MLP
+#: backbone, 40 epochs, seed 0, ACC: crops 0.4-1 without rotation 0.84; 0.6-1 with 15
+#: degrees 0.94; 0.3-1 with 20 degrees 0.95; 0.2-1 with 20 degrees and 0.3-1 with 30 degrees
+#: 0.94).
 CONTRASTIVE_PRESETS: dict[str, ContrastiveAugmentation | None] = {
     "cifar": ContrastiveAugmentation(),
     "large": ContrastiveAugmentation(blur_p=0.5),
-    "digits": ContrastiveAugmentation(crop_scale=(0.4, 1.0), flip=False,
+    "digits": ContrastiveAugmentation(crop_scale=(0.3, 1.0), flip=False, rotation=20.0,
                                       jitter=(0.4, 0.4, 0.0, 0.0), grayscale_p=0.0),
     "features": ContrastiveAugmentation(crop_scale=(1.0, 1.0), flip=False,
                                         jitter=(0.0, 0.0, 0.0, 0.0), jitter_p=0.0,

@@ -48,16 +48,34 @@ _PAPER = {
 PRESETS: dict[str, dict[str, Any]] = {
     # The released code's settings for CIFAR (DESIGN.md section 4).
     "paper": _PAPER,
-    # A practical budget: the small CNN (or an MLP for flat features), Adam with a cosine
-    # schedule and far fewer epochs. The losses and their weights are the paper's.
-    "default": {**_PAPER, "backbone": "auto", "max_iter": 40, "batch_size": 256,
-                "optimizer": "adam", "learning_rate": 1e-3, "lr_schedule": "cosine",
+    # A practical budget: a small network sized to the input ("auto"), Adam with a cosine
+    # schedule, smaller batches (more steps) and far fewer epochs. The network's heads, the
+    # losses and their weights are the paper's.
+    "default": {**_PAPER, "backbone": "auto", "max_iter": 40, "batch_size": 128,
+                "optimizer": "adam", "learning_rate": 2e-3, "lr_schedule": "cosine",
                 "weight_decay": 0.0},
 }
 
 #: Seed of the augmented views used to choose the sub-head after training: fixed, so that
 #: the choice depends on the trained network only.
 HEAD_SELECTION_SEED = 0
+
+
+#: Images smaller than this on a side get the MLP under ``backbone="auto"``.
+SMALL_IMAGE = 16
+
+
+def resolve_backbone(spec: Any, sample_shape: tuple[int, ...]) -> Any:
+    """``"auto"``: an MLP for flat features and images under 16 pixels a side, else the CNN.
+
+    On scikit-learn's 8x8 digits the small CNN learned far slower per second than an MLP on
+    the 64 pixels (ACC 0.56 after 20 epochs against 0.84 after 40, in about the same time).
+    """
+    if not (isinstance(spec, str) and spec == "auto"):
+        return spec
+    if len(sample_shape) != 3 or min(sample_shape[1:]) < SMALL_IMAGE:
+        return "mlp"
+    return "conv"
 
 
 class CRLCObjective(nn.Module):
@@ -145,7 +163,9 @@ class CRLCObjective(nn.Module):
         with torch.no_grad():
             running = self.head_pc_running
             running.copy_(torch.where(running.isnan(), pc, 0.9 * running + 0.1 * pc))
-            labels = p1[int(running.argmin())].argmax(dim=1)              # (n,)
+            # index_select, not int(argmin): no host-device sync per step on a GPU.
+            best = p1.index_select(0, running.argmin().reshape(1))[0]     # (n, K)
+            labels = best.argmax(dim=1)                                   # (n,)
         parts.update({"pc": pc.mean().detach(), "pc_min": pc.min().detach(),
                       "entropy": entropy.mean().detach(),
                       "logit_penalty": (lower + upper).mean().detach()})
@@ -223,13 +243,16 @@ class CRLCClustering(DeepClusteringBase):
       (torchvision retries, then crops the centre).
     - No dataset normalisation: the backbone's first convolution is followed by BatchNorm,
       which absorbs a per-channel affine normalisation.
-    - Grey images get digit-safe views by default (no flip, crops of at least 40% of the
-      area, brightness and contrast jitter only); flat features get Gaussian feature noise,
-      since image augmentations do not apply to them.
+    - Grey images get digit-safe views by default (no flip; crops of at least 30% of the
+      area, turned by up to 20 degrees, a rotation CRLC's recipe does not have; brightness
+      and contrast jitter only). Flat features get Gaussian feature noise, since image
+      augmentations do not apply to them.
 
-    Differences in ``"default"`` only: the small CNN (``"auto"``) instead of ResNet-34,
-    Adam with learning rate 1e-3 and a cosine schedule instead of constant-rate SGD, no
-    weight decay, batches of 256 and 40 epochs instead of 2000.
+    Differences in ``"default"`` only: ``backbone="auto"`` (an MLP for flat features and
+    images under 16 pixels a side, the small CNN otherwise) instead of ResNet-34; Adam with
+    learning rate 2e-3 and a cosine schedule instead of constant-rate SGD at 0.1; no weight
+    decay; batches of 128 and 40 epochs instead of 512 and 2000. On scikit-learn's 1,797
+    digits this reaches ACC 0.95 to 0.96 in about a minute on two CPU cores (KMeans: 0.79).
 
     Parameters
     ----------
@@ -240,8 +263,9 @@ class CRLCClustering(DeepClusteringBase):
     backbone : {"auto", "conv", "mlp", "resnet18", "resnet34"}, nn.Module class or \
 instance, default=None
         Feature extractor returning ``(shallow map, feature vector)``; CRLC reads the
-        vector. ``"auto"``: a small CNN sized to the images, an MLP for flat features.
-        Paper: ``"resnet34"`` (CIFAR stem); default: ``"auto"``.
+        vector. ``"auto"``: an MLP for flat features and images under 16 pixels a side,
+        the small CNN sized to the images otherwise. Paper: ``"resnet34"`` (CIFAR stem);
+        default: ``"auto"``.
     backbone_params : dict, default=None
         Keyword arguments for a backbone class.
     backbone_weights : dict or str, default=None
@@ -261,11 +285,11 @@ instance, default=None
         Epochs of the full loss (stage 2 when ``pretrain_epochs > 0``). Paper: 2000;
         default: 40.
     batch_size : int, default=None
-        Images per step (each gives two views). Paper: 512; default: 256.
+        Images per step (each gives two views). Paper: 512; default: 128.
     optimizer : {"sgd", "adam", "adamw", "rmsprop"}, default=None
         Paper: SGD with momentum 0.9; default: Adam.
     learning_rate : float, default=None
-        Paper: 0.1; default: 1e-3.
+        Paper: 0.1; default: 2e-3.
     lr_schedule : {"constant", "cosine"}, default=None
         Per-step schedule (restarted for each stage). Paper: constant; default: cosine.
     weight_decay : float, default=None
@@ -358,9 +382,9 @@ instance, default=None
 
     Notes
     -----
-    ``transform`` returns the backbone feature h (256 values for ``"auto"`` and
-    ``"mlp"``, 512 for the ResNets), the input of both heads; not the 128-d projection
-    the FC loss acts on, which discards information useful downstream.
+    ``transform`` returns the backbone feature h (256 values for ``"conv"`` and ``"mlp"``,
+    512 for the ResNets), the input of both heads; not the 128-d projection the FC loss
+    acts on, which discards information useful downstream.
 
     Examples
     --------
@@ -486,7 +510,7 @@ instance, default=None
         return params
 
     def _build(self, layout: InputLayout, params: dict[str, Any]) -> tuple[nn.Module, nn.Module]:
-        spec = params["backbone"]
+        spec = resolve_backbone(params["backbone"], layout.sample_shape)
         backbone = make_backbone(spec, self.backbone_params, layout.sample_shape)
         if isinstance(spec, str) and not isinstance(backbone, ResNet):
             init_kaiming_(backbone)  # ResNet keeps its own (zero-initialised residuals)

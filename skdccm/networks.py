@@ -295,7 +295,6 @@ def make_backbone(spec: Any, params: dict | None, sample_shape: tuple[int, ...])
     raise TypeError(f"backbone must be a name, an nn.Module class or instance; got {spec!r}")
 
 
-
 # ----------------------------------------------------------------------------------------
 # CRLC network (Do et al., ICCV 2021): a backbone, a representation head, H clustering heads
 # ----------------------------------------------------------------------------------------

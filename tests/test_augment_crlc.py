@@ -88,13 +88,13 @@ def test_grey_images_get_digit_safe_views():
 
 
 def test_digit_view_never_mirrors():
-    # A left-heavy image: with full-size crops and no jitter, the view equals the image
-    # (never its mirror), whatever the draws.
+    # A left-heavy image: with full-size crops and no rotation or jitter, the digit view
+    # equals the image (never its mirror), whatever the draws.
     image = torch.zeros(1, 1, 8, 8)
     image[..., :, 1] = 1.0
     batch = image.expand(64, -1, -1, -1)
     config = replace(CONTRASTIVE_PRESETS["digits"], crop_scale=(1.0, 1.0),
-                     crop_ratio=(1.0, 1.0), jitter_p=0.0)
+                     crop_ratio=(1.0, 1.0), rotation=0.0, jitter_p=0.0)
     view = contrastive_view(batch, config, (0.0, 1.0), _gen())
     torch.testing.assert_close(view, batch, rtol=0, atol=1e-5)
 
@@ -117,6 +117,22 @@ def test_resized_crop_zooms_by_the_box_size():
     torch.testing.assert_close(slopes, torch.full_like(slopes, 0.5), rtol=0, atol=1e-4)
     # Each image has its own box: the crops start at different places.
     assert len({round(float(v), 4) for v in view[:, 0, 0, 0]}) == 6
+
+
+def test_rotated_crop_turns_each_image_within_the_limit():
+    # On a horizontal ramp I[i, j] = j, a full-size box turned by theta gives, away from the
+    # borders, a horizontal step of cos(theta) and a vertical step of -sin(theta) per pixel.
+    ramp = torch.arange(16.0).expand(32, 1, 16, 16).contiguous()
+    view = random_resized_crop(ramp, (1.0, 1.0), (1.0, 1.0), False, _gen(), rotation=30.0)
+    centre = view[:, 0, 6:10, 6:10]
+    step_x = centre.diff(dim=-1).mean(dim=(-2, -1))
+    step_y = centre.diff(dim=-2).mean(dim=(-2, -1))
+    angle = torch.rad2deg(torch.atan2(-step_y, step_x))
+    torch.testing.assert_close(step_x ** 2 + step_y ** 2, torch.ones(32), rtol=0, atol=1e-3)
+    assert angle.abs().max().item() <= 30.0 + 1e-3
+    assert angle.max().item() - angle.min().item() > 20.0    # one angle per image
+    unturned = random_resized_crop(ramp, (1.0, 1.0), (1.0, 1.0), False, _gen())
+    torch.testing.assert_close(unturned, ramp, rtol=0, atol=1e-4)
 
 
 def test_hsv_round_trip_matches_colorsys():
