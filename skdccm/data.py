@@ -184,7 +184,7 @@ class ArraySource:
     def gather(self, index: Tensor) -> Tensor:
         """Samples at ``index`` as a ``(B, *sample_shape)`` float32 tensor on the device."""
         if self._resident is not None:
-            raw = self._resident.index_select(0, index.to(self.device))
+            raw = self._resident.index_select(0, to_device(index, self.device))
         else:
             rows = index.cpu().numpy()
             raw = torch.from_numpy(np.ascontiguousarray(self.array[rows]))
@@ -202,6 +202,21 @@ class ArraySource:
         """
         for index in even_splits(torch.arange(len(self)), batch_size):
             yield self.gather(index)
+
+
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """Copy a host tensor to ``device`` without making the host wait for the device.
+
+    A plain ``tensor.to("cuda")`` from pageable memory synchronises the host with the CUDA
+    stream; through pinned memory and ``non_blocking=True`` it is queued like a kernel. Used
+    for the index tensors of every chunk and minibatch, so that the training loop never
+    waits for the GPU between steps.
+    """
+    if tensor.device == device:
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def value_range(source: ArraySource, batch_size: int = 4096) -> tuple[float, float]:
