@@ -178,12 +178,10 @@ def test_tol_stops_when_labels_stop_changing(make, X):
     # tol=1 is reached as soon as a label change is measured, after the second epoch
     est = make(max_iter=3, tol=1.0).fit(X)
     assert est.n_iter_ == 2 == len(est.history_)
-    assert est.history_ == never.history_[:2] or [r["loss"] for r in est.history_] == [
-        r["loss"] for r in never.history_[:2]]
-    # a tol just below the second epoch's change does not stop there
+    assert [r["loss"] for r in est.history_] == [r["loss"] for r in never.history_[:2]]
+    # the same run with a tol just below its second-epoch change does not stop there
     tol = never.history_[1]["label_change"] * 0.999
-    est = make(max_iter=3, tol=tol).fit(X)
-    assert est.n_iter_ == 3 or est.history_[2]["label_change"] <= tol
+    assert make(max_iter=3, tol=tol).fit(X).n_iter_ == 3
 
 
 # ---------------------------------------------------------------------------------------
