@@ -188,6 +188,23 @@ def test_two_stage_training_concatenates_history(digits):
     assert "pc" in est.history_[-1]["loss_parts"]
 
 
+def test_two_stage_checkpoints_resume_without_retraining(digits, tmp_path: Path):
+    X, _ = digits
+    params = {**TINY, "max_iter": 1, "pretrain_epochs": 1, "checkpoint_dir": str(tmp_path),
+              "random_state": 0}
+    first = CRLCClustering(**params).fit(X)
+    assert (tmp_path / "pretrain" / "checkpoint.pt").exists()
+    assert (tmp_path / "checkpoint.pt").exists()
+    # Both stages are complete on disk: resuming loads them and trains nothing more.
+    calls = []
+    resumed = CRLCClustering(**params, resume=True,
+                             callbacks=lambda est, record: calls.append(record)).fit(X)
+    assert calls == []
+    assert [r["stage"] for r in resumed.history_] == ["pretrain", "cluster"]
+    np.testing.assert_array_equal(resumed.labels_, first.labels_)
+    np.testing.assert_array_equal(resumed.head_losses_, first.head_losses_)
+
+
 def test_frozen_encoder_keeps_given_backbone_weights(fitted, digits, tmp_path: Path):
     X, _ = digits
     weights = {f"backbone.{k}": v.clone() for k, v in
