@@ -244,6 +244,8 @@ class CRLCClustering(DeepClusteringBase):
       (torchvision retries, then crops the centre).
     - No dataset normalisation: the backbone's first convolution is followed by BatchNorm,
       which absorbs a per-channel affine normalisation.
+    - Each logit penalty is a mean over the batch and the K logits (our normalisation), and
+      both contrastive losses are computed in float32 even under mixed precision.
     - Grey images get digit-safe views by default (no flip; crops of at least 30% of the
       area, turned by up to 20 degrees, a rotation CRLC's recipe does not have; brightness
       and contrast jitter only). Flat features get Gaussian feature noise, since image
@@ -253,7 +255,9 @@ class CRLCClustering(DeepClusteringBase):
     images under 16 pixels a side, the small CNN otherwise) instead of ResNet-34; Adam with
     learning rate 2e-3 and a cosine schedule instead of constant-rate SGD at 0.1; no weight
     decay; batches of 128 and 40 epochs instead of 512 and 2000. On scikit-learn's 1,797
-    digits this reaches ACC 0.95 to 0.96 in about a minute on two CPU cores (KMeans: 0.79).
+    digits, with two CPU threads, this reaches ACC 0.953, 0.956 and 0.974 with seeds 0, 1
+    and 2 in 30 to 42 seconds per fit (KMeans: 0.79); 30 epochs give ACC 0.948 on average
+    in three quarters of the time.
 
     Parameters
     ----------

@@ -73,6 +73,17 @@ def test_nt_xent_matches_reference(rng, tau):
     np.testing.assert_allclose(got.item(), _reference_nt_xent(z1, z2, tau), rtol=RTOL32)
 
 
+def test_nt_xent_is_float32_under_bf16_autocast(rng):
+    z1, z2 = rng.normal(size=(2, 8, 16))
+    z1 /= np.linalg.norm(z1, axis=1, keepdims=True)
+    z2 /= np.linalg.norm(z2, axis=1, keepdims=True)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        got = nt_xent_loss(torch.tensor(z1, dtype=torch.float32),
+                           torch.tensor(z2, dtype=torch.float32), 0.1)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.item(), _reference_nt_xent(z1, z2, 0.1), rtol=RTOL32)
+
+
 def test_nt_xent_symmetric_in_views_and_low_for_aligned_views(rng):
     z1, z2 = torch.nn.functional.normalize(torch.tensor(rng.normal(size=(2, 8, 4)),
                                                         dtype=torch.float32), dim=-1)
