@@ -71,6 +71,24 @@ def resolve_backbone(spec: Any, sample_shape: tuple[int, ...]) -> Any:
     On scikit-learn's 8x8 digits the small CNN learned far less per second than an MLP on
     the 64 pixels (same settings otherwise: ACC 0.56 after 20 epochs, against 0.84 after 40
     epochs that took half the time).
+
+    Parameters
+    ----------
+    spec : str, nn.Module class or instance
+        The ``backbone`` parameter; anything but ``"auto"`` is returned unchanged.
+    sample_shape : tuple of int
+        ``(C, H, W)`` for images, ``(d,)`` for flat features.
+
+    Returns
+    -------
+    str, nn.Module class or instance
+        ``"mlp"`` or ``"conv"`` for ``"auto"``, else ``spec``.
+
+    Examples
+    --------
+    >>> from skdccm.crlc import resolve_backbone
+    >>> resolve_backbone("auto", (1, 8, 8)), resolve_backbone("auto", (3, 32, 32))
+    ('mlp', 'conv')
     """
     if not (isinstance(spec, str) and spec == "auto"):
         return spec
