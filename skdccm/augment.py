@@ -197,7 +197,8 @@ class ContrastiveAugmentation:
         Range of the blur's standard deviation in pixels (CRLC: 0.1 to 2).
     noise : float
         Standard deviation of additive Gaussian noise, relative to each feature's standard
-        deviation in the batch. Used for flat features, where no image operation applies.
+        deviation in the batch (flat features, where no image operation applies) or to the
+        batch's pixel standard deviation (images).
     """
 
     crop_scale: tuple[float, float] = (0.2, 1.0)
