@@ -66,6 +66,28 @@ def resolve_affine(
 
     ``"auto"``: none for flat features, ``"digits"`` for grey images, ``"mild"`` for colour
     images of 64 pixels or more, ``"cifar"`` otherwise.
+
+    Parameters
+    ----------
+    name : str, AffineAugmentation or None
+        ``"auto"``, a key of ``AFFINE_PRESETS``, or settings (returned as they are).
+    sample_shape : tuple of int
+        ``(C, H, W)`` for images, ``(d,)`` for flat features.
+
+    Returns
+    -------
+    AffineAugmentation or None
+        The settings; None means no augmented views.
+
+    Examples
+    --------
+    >>> from skdccm.augment import resolve_affine
+    >>> resolve_affine("auto", (1, 28, 28)).flip            # grey digits: never flipped
+    False
+    >>> resolve_affine("auto", (3, 32, 32)).rotation        # CIFAR-sized colour images
+    20.0
+    >>> resolve_affine("auto", (64,)) is None               # flat features
+    True
     """
     if name is None or isinstance(name, AffineAugmentation):
         return name
@@ -89,7 +111,32 @@ def resolve_affine(
 
 def uniform(n: int, low: float, high: float, generator: torch.Generator | None,
             device: torch.device) -> Tensor:
-    """``n`` draws from U(low, high) on ``device``."""
+    """``n`` draws from U(low, high) on ``device``.
+
+    Parameters
+    ----------
+    n : int
+        Number of draws.
+    low, high : float
+        Bounds of the interval.
+    generator : torch.Generator or None
+        Source of randomness, on ``device``.
+    device : torch.device
+        Where the draws are made.
+
+    Returns
+    -------
+    Tensor of shape (n,)
+        float32 values in ``[low, high)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.augment import uniform
+    >>> draws = uniform(5, -1.0, 1.0, torch.Generator().manual_seed(0), torch.device("cpu"))
+    >>> draws.shape, bool(((draws >= -1) & (draws < 1)).all())
+    (torch.Size([5]), True)
+    """
     return torch.rand(n, generator=generator, device=device) * (high - low) + low
 
 
@@ -97,8 +144,30 @@ def affine_matrices(angle_deg: Tensor, zoom_x: Tensor, zoom_y: Tensor, shift_x: 
                     shift_y: Tensor, flip: Tensor) -> Tensor:
     """Per-sample 2x3 matrices mapping output to input coordinates for ``affine_grid``.
 
-    Shifts are fractions of the image size (normalised coordinates span 2); ``flip`` is
-    +1 or -1 on the x axis. Shapes: all inputs (N,), output (N, 2, 3).
+    Parameters
+    ----------
+    angle_deg : Tensor of shape (N,)
+        Rotation in degrees.
+    zoom_x, zoom_y : Tensor of shape (N,)
+        Zoom factors per axis (above 1 enlarges the content).
+    shift_x, shift_y : Tensor of shape (N,)
+        Translations as fractions of the image size (normalised coordinates span 2).
+    flip : Tensor of shape (N,)
+        +1, or -1 to mirror the x axis.
+
+    Returns
+    -------
+    Tensor of shape (N, 2, 3)
+        Matrices for :func:`torch.nn.functional.affine_grid`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.augment import affine_matrices
+    >>> ones, zeros = torch.ones(1), torch.zeros(1)
+    >>> identity = affine_matrices(zeros, ones, ones, zeros, zeros, ones)
+    >>> identity.shape, torch.equal(identity, torch.eye(2, 3)[None])
+    (torch.Size([1, 2, 3]), True)
     """
     theta = angle_deg * (math.pi / 180.0)
     cos, sin = torch.cos(theta), torch.sin(theta)
@@ -114,6 +183,29 @@ def random_affine(images: Tensor, config: AffineAugmentation,
     """Rotate, zoom, shift and optionally flip each image by its own random draw.
 
     One ``affine_grid`` and one ``grid_sample`` for the whole batch, with edge replication.
+
+    Parameters
+    ----------
+    images : Tensor of shape (N, C, H, W)
+        Float images on any device.
+    config : AffineAugmentation
+        Ranges of the random factors.
+    generator : torch.Generator, optional
+        On ``images``' device; each image gets its own draws from it.
+
+    Returns
+    -------
+    Tensor of shape (N, C, H, W)
+        The transformed images.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.augment import AFFINE_PRESETS, random_affine
+    >>> images = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    >>> views = random_affine(images, AFFINE_PRESETS["digits"], torch.Generator().manual_seed(1))
+    >>> views.shape
+    torch.Size([4, 1, 8, 8])
     """
     n, device = images.shape[0], images.device
     angle = uniform(n, -config.rotation, config.rotation, generator, device)      # (N,)
@@ -135,7 +227,32 @@ def random_channel_shift(images: Tensor, max_shift: float, value_range: tuple[fl
                          generator: torch.Generator | None = None) -> Tensor:
     """Add one uniform shift per image and channel, then clip to ``value_range``.
 
-    ``max_shift`` is a fraction of the range's width.
+    Parameters
+    ----------
+    images : Tensor of shape (N, C, H, W)
+        Float images.
+    max_shift : float
+        Largest shift, as a fraction of the range's width.
+    value_range : tuple of float
+        ``(low, high)`` of the data; results are clipped to it.
+    generator : torch.Generator, optional
+        On ``images``' device.
+
+    Returns
+    -------
+    Tensor of shape (N, C, H, W)
+        The shifted images.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.augment import random_channel_shift
+    >>> images = torch.full((2, 3, 4, 4), 0.5)
+    >>> shifted = random_channel_shift(images, 0.1, (0.0, 1.0), torch.Generator().manual_seed(0))
+    >>> bool(((shifted - images).abs() <= 0.1).all())
+    True
+    >>> shifted[0, :, 0, 0].unique().numel() == 3    # one shift per channel
+    True
     """
     n, c = images.shape[:2]
     low, high = value_range
@@ -146,7 +263,34 @@ def random_channel_shift(images: Tensor, max_shift: float, value_range: tuple[fl
 
 def dccm_view(images: Tensor, config: AffineAugmentation, value_range: tuple[float, float],
               generator: torch.Generator | None = None) -> Tensor:
-    """One augmented view for DCCM: affine, channel shift, then the constant factor."""
+    """One augmented view for DCCM: affine, channel shift, then the constant factor.
+
+    Parameters
+    ----------
+    images : Tensor of shape (N, C, H, W)
+        Float images.
+    config : AffineAugmentation
+        The perturbation's settings.
+    value_range : tuple of float
+        ``(low, high)`` of the training data (channel shifts are relative to it).
+    generator : torch.Generator, optional
+        On ``images``' device.
+
+    Returns
+    -------
+    Tensor of shape (N, C, H, W)
+        The perturbed images x'.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.augment import AFFINE_PRESETS, dccm_view
+    >>> images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    >>> view = dccm_view(images, AFFINE_PRESETS["cifar"], (0.0, 1.0),
+    ...                  torch.Generator().manual_seed(1))
+    >>> view.shape, bool(view.max() <= 0.95)        # the released code's factor 0.95
+    (torch.Size([4, 3, 32, 32]), True)
+    """
     view = random_affine(images, config, generator)
     if config.channel_shift > 0:
         view = random_channel_shift(view, config.channel_shift, value_range, generator)

@@ -27,7 +27,13 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch import Tensor, nn
 
 from .data import ArraySource, InputLayout, check_image_size, infer_layout, value_range
-from .training import TrainResult, TrainSpec, resolve_device, train
+from .training import (
+    TrainResult,
+    TrainSpec,
+    refresh_batchnorm_statistics,
+    resolve_device,
+    train,
+)
 
 #: dtypes kept as stored; anything else numeric (int64 arrays, lists, mixed frames) is
 #: converted to the first one, float32. uint8 must not come first: check_array casts
@@ -105,6 +111,7 @@ class DeepClusteringBase(
             raise RuntimeError("training was interrupted before its first epoch ended; "
                                "there is no model to keep")
 
+        refresh_batchnorm_statistics(result.module, source, spec.batch_size)
         self.module_ = result.module.cpu().eval()
         self.device_ = device
         self.input_shape_ = layout.sample_shape
@@ -315,7 +322,11 @@ class DeepClusteringBase(
 
     def _stream(self, module: nn.Module, source: ArraySource, batch_size: int,
                 want_embedding: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        probas, embeddings = [], []
+        # Outputs are written into preallocated arrays: a list of per-batch arrays fragments
+        # the heap and makes peak memory grow with n (benchmarks/memory.py).
+        probas: np.ndarray | None = None
+        embeddings: np.ndarray | None = None
+        start = 0
         with torch.no_grad():
             for batch in source.batches(batch_size):
                 n_rows = batch.shape[0]
@@ -332,11 +343,15 @@ class DeepClusteringBase(
                     batch = batch.repeat(copies, *([1] * (batch.dim() - 1)))  # (copies*B, ...)
                 proba, embedding = self._infer(module, batch)
                 proba, embedding = proba[:n_rows], embedding[:n_rows]
-                probas.append(proba.float().cpu().numpy())
-                if want_embedding:
-                    embeddings.append(embedding.float().cpu().numpy())
-        proba = np.concatenate(probas)
-        return proba, np.concatenate(embeddings) if want_embedding else None
+                if probas is None:
+                    probas = np.empty((len(source), proba.shape[1]), dtype=np.float32)
+                    if want_embedding:
+                        embeddings = np.empty((len(source), embedding.shape[1]), np.float32)
+                probas[start:start + n_rows] = proba.float().cpu().numpy()
+                if embeddings is not None:
+                    embeddings[start:start + n_rows] = embedding.float().cpu().numpy()
+                start += n_rows
+        return probas, embeddings
 
     def _inference_device(self) -> torch.device:
         """The training device when it is available here, else CPU (a GPU model on a laptop)."""

@@ -60,9 +60,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "code": {**_PAPER, "pseudo_label_loss": "bce", "original_view_loss": False, "beta": 0.05},
     # Ours: fresher targets, larger minibatches, Adam with a cosine schedule, a balance term
     # and running BatchNorm statistics for prediction (see docs/method.rst for measurements).
-    "default": {**_PAPER, "max_iter": 30, "batch_size": 128, "target_batch_size": 1024,
+    # Measured on digits (2 CPU cores, seed 0, full method): lr 1e-3 / 30 epochs ACC 0.779
+    # in 123 s; lr 3e-3 / 15 epochs ACC 0.908 in 61 s.
+    "default": {**_PAPER, "max_iter": 15, "batch_size": 128, "target_batch_size": 1024,
                 "passes_per_target": 1, "draws_per_batch": 1, "optimizer": "adam",
-                "learning_rate": 1e-3, "lr_schedule": "cosine", "balance_weight": 1.0,
+                "learning_rate": 3e-3, "lr_schedule": "cosine", "balance_weight": 1.0,
                 "bn_batch_stats": False},
 }
 
@@ -172,14 +174,17 @@ class DCCMObjective(nn.Module):
         negatives are maps of non-neighbours; Jensen-Shannon estimator."""
         neighbour, has_neighbour, negatives, has_negative = sample_triplets(
             graph, self.n_negatives, generator)
-        disc = self.discriminator
-        positive = [disc(shallow, deep)]                                  # (n, h*w)
-        if bool(has_neighbour.any()):
-            positive.append(disc(shallow[neighbour], deep)[has_neighbour])
-        negative = [disc(shallow[negatives[:, j]], deep)[has_negative[:, j]]
-                    for j in range(negatives.shape[1])]
-        return jsd_mutual_information_loss(torch.cat(positive).flatten(),
-                                           torch.cat(negative).flatten())
+        n, n_neg = shallow.shape[0], negatives.shape[1]
+        anchors = torch.arange(n, device=shallow.device)
+        # Every (anchor, map) pair in one discriminator call: self, neighbour, negatives.
+        maps = torch.cat([anchors, neighbour, negatives.T.reshape(-1)])       # ((2+m)*n,)
+        # index_select, not shallow[maps]: the backward of advanced indexing accumulates
+        # repeated indices in a thread-dependent order on CPU (not reproducible).
+        scores = self.discriminator(shallow.index_select(0, maps),             # (P, h*w)
+                                    deep.repeat(2 + n_neg, 1))
+        positive = torch.cat([scores[:n], scores[n:2 * n][has_neighbour]])
+        negative = scores[2 * n:][has_negative.T.reshape(-1)]
+        return jsd_mutual_information_loss(positive.flatten(), negative.flatten())
 
 
 class DCCMClustering(DeepClusteringBase):
@@ -214,7 +219,7 @@ class DCCMClustering(DeepClusteringBase):
         Channel axis of 4-D input (or of flattened images); None infers it: channels-last
         when the last axis is 1, 3 or 4.
     max_iter : int, default=None
-        Epochs (passes of the target-batch loop over the data). Paper: 200; default: 30.
+        Epochs (passes of the target-batch loop over the data). Paper: 200; default: 15.
     batch_size : int, default=None
         Minibatch size of the gradient steps. Paper: 32; default: 128.
     target_batch_size : int, default=None
@@ -226,7 +231,7 @@ class DCCMClustering(DeepClusteringBase):
     optimizer : {"rmsprop", "adam", "adamw", "sgd"}, default=None
         Paper: RMSprop (smoothing 0.9).
     learning_rate : float, default=None
-        Paper: 1e-4; default: 1e-3.
+        Paper: 1e-4; default: 3e-3.
     lr_schedule : {"constant", "cosine"}, default=None
         Per-step schedule. Paper: constant.
     weight_decay : float, default=None
@@ -300,7 +305,7 @@ class DCCMClustering(DeepClusteringBase):
         Epochs run.
     n_features_in_ : int
         Features seen in ``fit`` (scikit-learn's count; for 3-D/4-D input, ``shape[1]``).
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Column names, when ``X`` was a DataFrame with string column names.
     input_shape_ : tuple of int
         Per-sample shape as the network sees it: ``(C, H, W)`` or ``(d,)``.

@@ -20,23 +20,90 @@ from torch import Tensor
 
 
 def cosine_similarity_matrix(probs: Tensor, eps: float = 1e-8) -> Tensor:
-    """S_ij = <z_i, z_j> / (|z_i| |z_j|) for rows of ``probs`` (N, K); returns (N, N)."""
+    """Cosine similarity of every pair of rows, DCCM's ``S_ij``.
+
+    ``S_ij = <z_i, z_j> / (|z_i| |z_j|)``.
+
+    Parameters
+    ----------
+    probs : Tensor of shape (N, K)
+        Rows z_i (softmax outputs in DCCM).
+    eps : float, default=1e-8
+        Smallest norm used in the division (all-zero rows get similarity 0).
+
+    Returns
+    -------
+    Tensor of shape (N, N)
+        Similarities; the diagonal is 1 for non-zero rows.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.losses import cosine_similarity_matrix
+    >>> z = torch.tensor([[1.0, 0.0], [0.6, 0.8], [2.0, 0.0]])
+    >>> cosine_similarity_matrix(z)
+    tensor([[1.0000, 0.6000, 1.0000],
+            [0.6000, 1.0000, 0.6000],
+            [1.0000, 0.6000, 1.0000]])
+    """
     unit = probs / probs.norm(dim=1, keepdim=True).clamp_min(eps)   # (N, K)
     return unit @ unit.T                                            # (N, N)
 
 
 def pseudo_graph(probs: Tensor, threshold: float) -> Tensor:
-    """DCCM Eq. 2: W_ij = 1 where the cosine similarity is at least ``thres1``.
+    """DCCM Eq. 2: the pseudo-graph, ``W_ij = 1`` where ``S_ij >= thres1``.
 
-    Returns a float (N, N) matrix of zeros and ones; the diagonal is one.
+    Parameters
+    ----------
+    probs : Tensor of shape (N, K)
+        Softmax outputs z_i of a target batch.
+    threshold : float
+        thres1 (paper: 0.95).
+
+    Returns
+    -------
+    Tensor of shape (N, N)
+        Zeros and ones in ``probs``'s dtype; the diagonal is one.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.losses import pseudo_graph
+    >>> probs = torch.tensor([[0.98, 0.02], [0.95, 0.05], [0.10, 0.90]])
+    >>> pseudo_graph(probs, threshold=0.95)
+    tensor([[1., 1., 0.],
+            [1., 1., 0.],
+            [0., 0., 1.]])
     """
     return (cosine_similarity_matrix(probs) >= threshold).to(probs.dtype)
 
 
 def pseudo_labels(probs: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
-    """DCCM Eqs. 7 and 8: y_i = argmax_k z_ik and V_i = [max_k z_ik >= thres2].
+    """DCCM Eqs. 7 and 8: pseudo-labels and which of them are confident.
 
-    Returns ``labels`` (N,) int64 and ``confident`` (N,) bool.
+    ``y_i = argmax_k z_ik`` and ``V_i = [max_k z_ik >= thres2]``.
+
+    Parameters
+    ----------
+    probs : Tensor of shape (N, K)
+        Softmax outputs z_i of a target batch.
+    threshold : float
+        thres2 (paper: 0.9).
+
+    Returns
+    -------
+    labels : Tensor of shape (N,)
+        Pseudo-labels y_i (int64).
+    confident : Tensor of shape (N,)
+        V_i (bool).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.losses import pseudo_labels
+    >>> labels, confident = pseudo_labels(torch.tensor([[0.95, 0.05], [0.4, 0.6]]), 0.9)
+    >>> labels, confident
+    (tensor([0, 1]), tensor([ True, False]))
     """
     confidence, labels = probs.max(dim=1)                            # (N,), (N,)
     return labels, confidence >= threshold
@@ -67,6 +134,18 @@ def pseudo_graph_loss(
     -------
     Tensor of shape ()
         Mean over all n^2 pairs.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.losses import pseudo_graph, pseudo_graph_loss
+    >>> probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9]])
+    >>> graph = pseudo_graph(probs, threshold=0.95)       # links samples 0 and 1
+    >>> pseudo_graph_loss(probs, graph)
+    tensor(0.1522)
+    >>> one_hot = torch.eye(2)[[0, 0, 1]]                 # predictions that fit the graph
+    >>> pseudo_graph_loss(one_hot, graph) < 1e-6
+    tensor(True)
     """
     sim = cosine_similarity_matrix(probs)                           # (n, n)
     if scale_by_max:
@@ -107,6 +186,18 @@ def pseudo_label_loss(
         Sum over confident samples divided by n (Eq. 9 sums V_i terms; dividing by the
         minibatch size keeps alpha independent of it, and gives a small loss while few
         samples are confident). Zero when none is confident.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.losses import pseudo_label_loss
+    >>> logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [1.0, 1.0, 1.0]])
+    >>> labels = torch.tensor([0, 1, 0])
+    >>> confident = torch.tensor([True, True, False])      # the third sample is ignored
+    >>> pseudo_label_loss(logits, labels, confident)
+    tensor(0.1115)
+    >>> pseudo_label_loss(logits, labels, confident, form="bce")
+    tensor(0.0725)
     """
     n = logits.shape[0]
     if form == "ce":
@@ -141,10 +232,24 @@ def sample_triplets(
     -------
     neighbour : Tensor of shape (n,)
         Index of a neighbour; the anchor itself where it has none.
-    has_neighbour : Tensor of shape (n,) bool
-    negatives : Tensor of shape (n, n_negatives)
+    has_neighbour : Tensor of shape (n,)
+        Whether the anchor has a neighbour (bool).
+    negatives : Tensor of shape (n, min(n_negatives, n))
         Indices of non-neighbours (arbitrary where ``has_negative`` is False).
-    has_negative : Tensor of shape (n, n_negatives) bool
+    has_negative : Tensor of shape (n, min(n_negatives, n))
+        Whether each negative slot holds a real non-neighbour (bool).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.losses import sample_triplets
+    >>> graph = torch.tensor([[1., 1., 0.], [1., 1., 0.], [0., 0., 1.]])
+    >>> gen = torch.Generator().manual_seed(0)
+    >>> neighbour, has_neighbour, negatives, has_negative = sample_triplets(graph, 1, gen)
+    >>> neighbour, has_neighbour
+    (tensor([1, 0, 2]), tensor([ True,  True, False]))
+    >>> negatives[:2, 0]
+    tensor([2, 2])
     """
     n = graph.shape[0]
     linked = graph > 0.5                                                           # (n, n)
@@ -162,10 +267,31 @@ def sample_triplets(
 
 
 def jsd_mutual_information_loss(positive: Tensor, negative: Tensor) -> Tensor:
-    """Deep InfoMax's Jensen-Shannon MI estimator, as a loss to minimise.
+    """Deep InfoMax's Jensen-Shannon MI estimator, as a loss to minimise (DCCM Eq. 14).
 
-    ``mean softplus(-T(positive)) + mean softplus(T(negative))``; both inputs are
-    discriminator scores of any shape (empty allowed: that term is then zero).
+    ``mean softplus(-T(positive)) + mean softplus(T(negative))``.
+
+    Parameters
+    ----------
+    positive : Tensor of any shape
+        Discriminator scores of positive pairs (an image's deep feature with its own or a
+        neighbour's shallow map, at every position). Empty: that term is zero.
+    negative : Tensor of any shape
+        Scores of negative pairs. Empty: that term is zero.
+
+    Returns
+    -------
+    Tensor of shape ()
+        The loss; ``2 log 2`` when every score is 0.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.losses import jsd_mutual_information_loss
+    >>> jsd_mutual_information_loss(torch.zeros(4), torch.zeros(6))
+    tensor(1.3863)
+    >>> jsd_mutual_information_loss(torch.full((4,), 20.0), torch.full((6,), -20.0))
+    tensor(4.1223e-09)
     """
     pos = F.softplus(-positive).mean() if positive.numel() else positive.new_zeros(())
     neg = F.softplus(negative).mean() if negative.numel() else negative.new_zeros(())
@@ -173,17 +299,59 @@ def jsd_mutual_information_loss(positive: Tensor, negative: Tensor) -> Tensor:
 
 
 def marginal_entropy(probs: Tensor, eps: float = 1e-8) -> Tensor:
-    """Entropy H(p_bar) of the batch-marginal cluster distribution p_bar = mean_i p_i.
+    """Entropy ``H(p_bar)`` of the batch-marginal cluster distribution ``p_bar = mean_i p_i``.
 
     Not the mean of per-sample entropies: maximising this spreads samples over clusters,
     maximising the other would make every prediction uniform.
+
+    Parameters
+    ----------
+    probs : Tensor of shape (N, K)
+        Cluster probabilities of a batch.
+    eps : float, default=1e-8
+        Added inside the logarithm.
+
+    Returns
+    -------
+    Tensor of shape ()
+        In ``[0, log K]``; ``log K`` when the batch uses all clusters equally.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.losses import marginal_entropy
+    >>> one_hot = torch.eye(4)                      # four samples, one per cluster
+    >>> marginal_entropy(one_hot)                   # log 4
+    tensor(1.3863)
+    >>> marginal_entropy(one_hot[[0, 0, 0, 0]]).abs() < 1e-6   # all in one cluster
+    tensor(True)
     """
     marginal = probs.mean(dim=0)                                                   # (K,)
     return -(marginal * (marginal + eps).log()).sum()
 
 
 def balance_loss(probs: Tensor) -> Tensor:
-    """log K - H(p_bar): zero when clusters are used equally, log K when one takes all."""
+    """Balance term ``log K - H(p_bar)``, an addition of skdccm to DCCM's loss.
+
+    Parameters
+    ----------
+    probs : Tensor of shape (N, K)
+        Cluster probabilities of a batch.
+
+    Returns
+    -------
+    Tensor of shape ()
+        Zero when the batch uses all clusters equally, ``log K`` when one takes all.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.losses import balance_loss
+    >>> balance_loss(torch.eye(4)).abs() < 1e-6
+    tensor(True)
+    >>> balance_loss(torch.eye(4)[[2, 2, 2, 2]])
+    tensor(1.3863)
+    """
     return math.log(probs.shape[1]) - marginal_entropy(probs)
 
 

@@ -26,7 +26,27 @@ class DCCMOutput(NamedTuple):
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, padding: int) -> nn.Sequential:
-    """3x3 convolution, BatchNorm, ReLU: the unit of the paper's shallow AlexNet."""
+    """3x3 convolution, BatchNorm, ReLU: the unit of the paper's shallow AlexNet.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Channels before and after.
+    padding : int
+        0 as in the released code, 1 for small images.
+
+    Returns
+    -------
+    torch.nn.Sequential
+        The three layers (the convolution has no bias: BatchNorm follows).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.networks import conv_bn_relu
+    >>> conv_bn_relu(3, 64, padding=0)(torch.zeros(2, 3, 32, 32)).shape
+    torch.Size([2, 64, 30, 30])
+    """
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, padding=padding, bias=False),
         nn.BatchNorm2d(out_channels),
@@ -77,6 +97,21 @@ class MLP(nn.Module):
     """Backbone for flat features: two Linear-BN-ReLU layers.
 
     The first hidden layer, seen as a ``(N, hidden[0], 1, 1)`` map, is the shallow feature.
+
+    Parameters
+    ----------
+    n_features : int
+        Input width d.
+    hidden : tuple of int, default=(512, 256)
+        Widths of the two layers; the second is the feature vector's width.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.networks import MLP
+    >>> shallow, features = MLP(64)(torch.zeros(4, 64))
+    >>> shallow.shape, features.shape
+    (torch.Size([4, 512, 1, 1]), torch.Size([4, 256]))
     """
 
     def __init__(self, n_features: int, hidden: tuple[int, int] = (512, 256)) -> None:
@@ -92,7 +127,23 @@ class MLP(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block (two 3x3 convolutions and a shortcut)."""
+    """ResNet basic block (two 3x3 convolutions and a shortcut).
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Channels before and after.
+    stride : int
+        Stride of the first convolution (2 halves the resolution); the shortcut then
+        becomes a strided 1x1 convolution with BatchNorm.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.networks import BasicBlock
+    >>> BasicBlock(64, 128, stride=2)(torch.zeros(2, 64, 16, 16)).shape
+    torch.Size([2, 128, 8, 8])
+    """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
@@ -122,6 +173,22 @@ class ResNet(nn.Module):
     The ImageNet stem (7x7 stride 2 and a max-pool) throws away three quarters of a 32x32
     image's resolution. The output of ``layer1`` is the shallow map; the pooled 512-d vector
     of ``layer4`` is the feature.
+
+    Parameters
+    ----------
+    in_channels : int
+        Image channels.
+    blocks : tuple of int
+        Basic blocks per stage: ``(2, 2, 2, 2)`` for ResNet-18, ``(3, 4, 6, 3)`` for
+        ResNet-34 (``RESNET_LAYERS``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.networks import RESNET_LAYERS, ResNet
+    >>> shallow, features = ResNet(3, RESNET_LAYERS["resnet18"])(torch.zeros(2, 3, 32, 32))
+    >>> shallow.shape, features.shape
+    (torch.Size([2, 64, 32, 32]), torch.Size([2, 512]))
     """
 
     def __init__(self, in_channels: int, blocks: tuple[int, int, int, int]) -> None:
@@ -150,7 +217,28 @@ class ResNet(nn.Module):
 
 
 def build_backbone(name: str, sample_shape: tuple[int, ...]) -> nn.Module:
-    """Build a named backbone for samples of ``sample_shape`` (``(C, H, W)`` or ``(d,)``)."""
+    """Build a named backbone for samples of ``sample_shape``.
+
+    Parameters
+    ----------
+    name : {"auto", "conv", "mlp", "resnet18", "resnet34"}
+        ``"auto"``: ``"conv"`` for images, ``"mlp"`` for flat features.
+    sample_shape : tuple of int
+        ``(C, H, W)`` for images, ``(d,)`` for flat features.
+
+    Returns
+    -------
+    torch.nn.Module
+        Maps a batch to ``(shallow map, feature vector)``.
+
+    Examples
+    --------
+    >>> from skdccm.networks import build_backbone
+    >>> type(build_backbone("auto", (1, 28, 28))).__name__
+    'ShallowAlexNet'
+    >>> type(build_backbone("auto", (64,))).__name__
+    'MLP'
+    """
     is_image = len(sample_shape) == 3
     if name == "auto":
         name = "conv" if is_image else "mlp"
@@ -172,7 +260,24 @@ def build_backbone(name: str, sample_shape: tuple[int, ...]) -> nn.Module:
 
 
 def init_identity_(layer: nn.Linear) -> None:
-    """DCCM's initialisation of linear layers: ones on the diagonal, zero bias."""
+    """DCCM's initialisation of linear layers: ones on the diagonal, zero bias.
+
+    Parameters
+    ----------
+    layer : torch.nn.Linear
+        Initialised in place.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.networks import init_identity_
+    >>> layer = torch.nn.Linear(3, 2)
+    >>> init_identity_(layer)
+    >>> layer.weight
+    Parameter containing:
+    tensor([[1., 0., 0.],
+            [0., 1., 0.]], requires_grad=True)
+    """
     nn.init.eye_(layer.weight)
     nn.init.zeros_(layer.bias)
 
@@ -218,24 +323,63 @@ class MIDiscriminator(nn.Module):
 
     The deep vector is repeated over the shallow map's positions and concatenated on
     channels: ``(C_s + K) -> 512 -> 512 -> 1`` with ReLU between, one score per position.
+    A 1x1 convolution is a linear map over channels at each position; it is written as
+    ``nn.Linear`` on channels-last features, which runs as one plain matrix product.
+
+    Parameters
+    ----------
+    shallow_channels : int
+        C_s, channels of the shallow map.
+    deep_features : int
+        K, width of the deep vector.
+    hidden : int, default=512
+        Width of the two hidden layers.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.networks import MIDiscriminator
+    >>> disc = MIDiscriminator(shallow_channels=64, deep_features=10)
+    >>> disc(torch.zeros(5, 64, 14, 14), torch.zeros(5, 10)).shape   # one score per position
+    torch.Size([5, 196])
     """
 
     def __init__(self, shallow_channels: int, deep_features: int, hidden: int = 512) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(shallow_channels + deep_features, hidden, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, hidden, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, 1, 1),
+            nn.Linear(shallow_channels + deep_features, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, 1),
         )
 
     def forward(self, shallow: Tensor, deep: Tensor) -> Tensor:
-        n, _, h, w = shallow.shape
-        tiled = deep[:, :, None, None].expand(n, deep.shape[1], h, w)   # (N, K, h, w)
-        return self.net(torch.cat([shallow, tiled], dim=1)).flatten(1)  # (N, h*w)
+        """Scores of P (map, vector) pairs: ``(P, C_s, h, w)``, ``(P, K)`` -> ``(P, h*w)``."""
+        p, _, h, w = shallow.shape
+        positions = shallow.permute(0, 2, 3, 1).reshape(p, h * w, -1)      # (P, h*w, C_s)
+        tiled = deep[:, None, :].expand(p, h * w, deep.shape[1])           # (P, h*w, K)
+        # 2-D input to the Linear layers: on a 3-D view the in-place ReLU makes autograd copy
+        # the whole activation back in backward (measured 1.25x slower per DCCM step).
+        pairs = torch.cat([positions, tiled], dim=2).reshape(p * h * w, -1)  # (P*h*w, C_s+K)
+        return self.net(pairs).view(p, h * w)                                # (P, h*w)
 
 
 def init_kaiming_(module: nn.Module) -> None:
-    """Kaiming-normal convolutions and unit BatchNorm, as in DCCM's released code."""
+    """Kaiming-normal convolutions and unit BatchNorm, as in DCCM's released code.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Every ``Conv2d`` and affine BatchNorm in it is initialised in place.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.networks import conv_bn_relu, init_kaiming_
+    >>> block = conv_bn_relu(3, 8, padding=1)
+    >>> init_kaiming_(block)
+    >>> bool((block[1].weight == 1).all()), bool((block[1].bias == 0).all())
+    (True, True)
+    """
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -251,6 +395,20 @@ def use_batch_statistics(module: nn.Module) -> None:
 
     This is DCCM's released code (``track_running_stats=False``); predictions then depend on
     the batch they are computed in, so predict in large batches.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Changed in place; its running statistics are dropped.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.networks import use_batch_statistics
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    >>> use_batch_statistics(net)
+    >>> net[1].running_mean is None
+    True
     """
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -261,7 +419,31 @@ def use_batch_statistics(module: nn.Module) -> None:
 
 
 def infer_output_shapes(backbone: nn.Module, sample_shape: tuple[int, ...]) -> tuple[int, int]:
-    """Channels of the shallow map and width of the feature vector, from a dry run."""
+    """Find the channels of the shallow map and the width of the feature vector.
+
+    The backbone runs once on a copy (so that BatchNorm statistics stay untouched) with two
+    zero samples, which also checks that it returns the pair skdccm needs.
+
+    Parameters
+    ----------
+    backbone : torch.nn.Module
+        Should map ``(N, *sample_shape)`` to ``(shallow (N, C, h, w), features (N, F))``.
+    sample_shape : tuple of int
+        Shape of one sample.
+
+    Returns
+    -------
+    shallow_channels : int
+        C.
+    n_features : int
+        F.
+
+    Examples
+    --------
+    >>> from skdccm.networks import build_backbone, infer_output_shapes
+    >>> infer_output_shapes(build_backbone("conv", (3, 32, 32)), (3, 32, 32))
+    (64, 256)
+    """
     probe = copy.deepcopy(backbone).train()  # a copy: the dry run must not touch BN statistics
     with torch.no_grad():
         output = probe(torch.zeros(2, *sample_shape))
@@ -282,9 +464,33 @@ def infer_output_shapes(backbone: nn.Module, sample_shape: tuple[int, ...]) -> t
 
 
 def make_backbone(spec: Any, params: dict | None, sample_shape: tuple[int, ...]) -> nn.Module:
-    """A backbone from a name, an ``nn.Module`` class (with ``params``) or an instance.
+    """Make a backbone from a name, an ``nn.Module`` class (with ``params``) or an instance.
 
     An instance is deep-copied: the user's module is never trained in place.
+
+    Parameters
+    ----------
+    spec : str, type or torch.nn.Module
+        A name for :func:`build_backbone`, a module class, or a module instance.
+    params : dict or None
+        Keyword arguments for a class.
+    sample_shape : tuple of int
+        Shape of one sample (used for names).
+
+    Returns
+    -------
+    torch.nn.Module
+        A new module.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdccm.networks import MLP, make_backbone
+    >>> mine = MLP(64)
+    >>> make_backbone(mine, None, (64,)) is mine
+    False
+    >>> type(make_backbone(MLP, {"n_features": 64, "hidden": (32, 16)}, (64,))).__name__
+    'MLP'
     """
     if isinstance(spec, str):
         return build_backbone(spec, sample_shape)

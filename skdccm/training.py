@@ -521,3 +521,32 @@ def _run_callbacks(callbacks: Sequence[Any], owner: Any, record: dict[str, Any])
         except EarlyStop:
             stop = True
     return stop
+
+
+def refresh_batchnorm_statistics(module: nn.Module, data: ArraySource, batch_size: int) -> None:
+    """Re-estimate BatchNorm running statistics with the final weights, without gradient.
+
+    Running statistics are exponential averages over training steps and lag behind the
+    weights; after a short fit they describe an earlier network, and eval-mode predictions
+    can collapse into a few clusters. One pass over the training data in batches of the
+    training size, with a cumulative average, gives statistics of the network as it is.
+    Layers that are frozen (affine weight without gradient) keep theirs.
+    """
+    norms = [m for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+             and (m.weight is None or m.weight.requires_grad)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the pass
+    was_training = module.training
+    module.train()
+    with torch.no_grad():
+        for index in even_splits(torch.arange(len(data)), batch_size):
+            if len(index) > 1:
+                module(data.gather(index))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    module.train(was_training)
