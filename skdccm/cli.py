@@ -956,10 +956,10 @@ def _add_demo(subparsers) -> None:
                         help="use a random subset of this size")
     parser.add_argument("--random-state", type=int, default=0,
                         help="random_state of every method (default: 0)")
-    parser.add_argument("--time-limit", type=float, default=60.0,
+    parser.add_argument("--time-limit", type=float, default=0.0,
                         help="training seconds for the deep methods together, split "
                              "equally; each stops after the epoch in which its share runs "
-                             "out (0: no limit, train for max_iter epochs; default: 60)")
+                             "out (default 0: no limit, each trains for its preset's epochs)")
     _add_estimator_flags(parser)
     parser.set_defaults(handler=run_demo)
 
