@@ -258,8 +258,10 @@ class DeepClusteringBase(
                            ("tol", self.tol)):
             if not isinstance(value, numbers.Real) or isinstance(value, bool):
                 raise TypeError(f"{name}: {key}={value!r} must be a number")
-        if params.get("learning_rate", 1.0) <= 0:
-            raise ValueError(f"{name}: learning_rate={params['learning_rate']!r} must be > 0")
+        learning_rate = params.get("learning_rate", 1.0)
+        if not np.isfinite(learning_rate) or learning_rate <= 0:  # inf would diverge later
+            raise ValueError(f"{name}: learning_rate={learning_rate!r} must be > 0 and "
+                             "finite")
         if self.tol < 0:
             raise ValueError(f"{name}: tol={self.tol!r} must be >= 0")
         if self.precision not in ("auto", "float32", "bf16", "fp16"):

@@ -76,6 +76,9 @@ def infer_layout(
     scale = 1.0 / 255.0 if dtype == np.uint8 else 1.0
     stored = tuple(int(s) for s in shape[1:])
     ndim = len(shape)
+    if 0 in stored:  # an empty image axis would only fail later, deep inside torch
+        raise ValueError(f"{owner}: X has shape {tuple(shape)!r}; each sample must hold at "
+                         "least one value along every axis")
 
     if ndim == 2:
         if image_shape is None:
