@@ -9,12 +9,21 @@ are bit-for-bit reproducible) and interrupt it for real: SIGINT, then SIGKILL.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sklearn.datasets import load_digits
 
 from skdccm import DCCMClustering
+from skdccm.training import CHECKPOINT_NAME
 
 #: max_iter=1 and small batches: every example is at most one tiny epoch on CPU.
 TINY = {"max_iter": 1, "batch_size": 8, "target_batch_size": 16, "device": "cpu",
@@ -148,3 +157,143 @@ def test_random_parameters_fit_or_give_a_clear_error(data, flat, chosen):
     if est is not None:
         check_fitted(est, X)
         assert est.predict(X).shape == (len(X),)
+
+
+# ---------------------------------------------------------------------------------------
+# real signals, in a child process
+# ---------------------------------------------------------------------------------------
+
+#: Prefix of every child script: one thread (bit-for-bit reproducible CPU results), the
+#: first 200 (or fewer) digits as uint8 images.
+CHILD_PRELUDE = """
+import sys, time, warnings
+import numpy as np, torch
+torch.set_num_threads(1)
+from sklearn.datasets import load_digits
+from skdccm import DCCMClustering
+X = np.round(load_digits().images[:{n}] * (255.0 / 16.0)).astype(np.uint8)
+"""
+
+#: Sizes of the kill-and-resume run, shared by the child and the parent.
+RESUME_PARAMS = {"n_clusters": 4, "batch_size": 16, "target_batch_size": 32, "device": "cpu",
+                 "random_state": 0, "lr_schedule": "constant", "max_iter": 4}
+RESUME_SAMPLES = 48
+
+
+def start_child(script: str, n: int) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    code = textwrap.dedent(CHILD_PRELUDE.format(n=n)) + textwrap.dedent(script)
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for_line(child: subprocess.Popen, prefix: str) -> list[str]:
+    """Read the child's stdout until a line starts with ``prefix``; fail if it exits first."""
+    seen = []
+    for line in child.stdout:  # blocks line by line; ends when the child closes stdout
+        seen.append(line)
+        if line.startswith(prefix):
+            return seen
+    _, err = child.communicate(timeout=60)
+    pytest.fail(f"child exited ({child.returncode}) before printing {prefix!r}:\n"
+                + "".join(seen) + err)
+
+
+@pytest.fixture
+def one_thread():
+    """Run the parent's share of a comparison on one thread, like the child."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_sigint_during_fit_warns_keeps_a_model_and_returns():
+    # Many epochs: the signal lands in training, long before the last one.
+    child = start_child("""
+        est = DCCMClustering(n_clusters=10, max_iter=500, batch_size=32, target_batch_size=64,
+                             device="cpu", random_state=0, verbose=2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            est.fit(X)  # SIGINT arrives in here; nothing catches KeyboardInterrupt
+        interrupts = [w for w in caught if issubclass(w.category, RuntimeWarning)
+                      and "interrupted" in str(w.message)]
+        labels = est.predict(X)
+        print("INTERRUPT_WARNINGS", len(interrupts))
+        print("FIT_SURVIVED", est.n_iter_, len(labels), len(est.history_))
+    """, n=200)
+    try:
+        wait_for_line(child, "epoch ")
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err
+    assert "INTERRUPT_WARNINGS 1" in out, out + err
+    marker = [line.split() for line in out.splitlines() if line.startswith("FIT_SURVIVED")]
+    assert len(marker) == 1, out + err
+    n_iter, n_labels, n_history = map(int, marker[0][1:])
+    assert 1 <= n_iter < 500
+    assert n_history == n_iter
+    assert n_labels == 200
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, one_thread):
+    ckpt = tmp_path / CHECKPOINT_NAME
+    # The callback holds the child inside epoch 3, after the epoch-2 checkpoint was written
+    # and before the epoch-3 one: SIGKILL then loses a trained but unsaved epoch.
+    child = start_child(f"""
+        def hold(owner, record):
+            if record["epoch"] == 3:
+                print("HOLDING", flush=True)
+                time.sleep(600)
+
+        DCCMClustering(**{RESUME_PARAMS!r}, checkpoint_dir={str(tmp_path)!r},
+                       checkpoint_every=1, callbacks=hold).fit(X)
+    """, n=RESUME_SAMPLES)
+    try:
+        wait_for_line(child, "HOLDING")
+        child.send_signal(signal.SIGKILL)
+        child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == -signal.SIGKILL
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["epoch"] == 2
+
+    X = np.round(load_digits().images[:RESUME_SAMPLES] * (255.0 / 16.0)).astype(np.uint8)
+    resumed = DCCMClustering(**RESUME_PARAMS, checkpoint_dir=str(tmp_path),
+                             checkpoint_every=1, resume=True).fit(X)
+    full = DCCMClustering(**RESUME_PARAMS).fit(X)
+    assert resumed.n_iter_ == full.n_iter_ == 4
+    # Epochs 1-2 come from the child's checkpoint (their timings too), not from a new run.
+    assert resumed.history_[:2] == saved["history"]
+    assert [r["loss"] for r in resumed.history_] == [r["loss"] for r in full.history_]
+    np.testing.assert_array_equal(resumed.labels_, full.labels_)
+    np.testing.assert_array_equal(resumed.predict_proba(X), full.predict_proba(X))
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 4
+
+
+# ---------------------------------------------------------------------------------------
+# divergence next to a checkpoint
+# ---------------------------------------------------------------------------------------
+
+
+def test_divergence_keeps_a_loadable_resumable_checkpoint(tmp_path, one_thread):
+    X = np.round(load_digits().images[:RESUME_SAMPLES] * (255.0 / 16.0)).astype(np.uint8)
+    params = {**RESUME_PARAMS, "checkpoint_dir": str(tmp_path)}
+    DCCMClustering(**{**params, "max_iter": 1}).fit(X)
+    # Resumes after epoch 1 and diverges in epoch 2.
+    with pytest.raises(FloatingPointError, match="training diverged in epoch 2"):
+        DCCMClustering(**{**params, "max_iter": 2, "learning_rate": 1e30},
+                       resume=True).fit(X)
+    checkpoint = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert checkpoint["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in checkpoint["module"].values()
+               if v.is_floating_point())
+    resumed = DCCMClustering(**{**params, "max_iter": 2}, resume=True).fit(X)
+    assert resumed.history_[:1] == checkpoint["history"]  # epoch 1 was not trained again
+    full = DCCMClustering(**{**RESUME_PARAMS, "max_iter": 2}).fit(X)
+    assert [r["loss"] for r in resumed.history_] == [r["loss"] for r in full.history_]
+    np.testing.assert_array_equal(resumed.labels_, full.labels_)
+    np.testing.assert_array_equal(resumed.predict_proba(X), full.predict_proba(X))
