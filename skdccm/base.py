@@ -30,7 +30,6 @@ from .data import ArraySource, InputLayout, check_image_size, infer_layout, valu
 from .training import (
     TrainResult,
     TrainSpec,
-    refresh_batchnorm_statistics,
     resolve_device,
     train,
 )
@@ -111,7 +110,6 @@ class DeepClusteringBase(
             raise RuntimeError("training was interrupted before its first epoch ended; "
                                "there is no model to keep")
 
-        refresh_batchnorm_statistics(result.module, source, spec.batch_size)
         self.module_ = result.module.cpu().eval()
         self.device_ = device
         self.input_shape_ = layout.sample_shape

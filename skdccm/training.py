@@ -411,6 +411,7 @@ def train(
         )
     if channels_last:
         module.to(memory_format=torch.contiguous_format)
+    refresh_batchnorm_statistics(module, data, spec.batch_size)
     module.eval()
     objective.eval()
     return TrainResult(module, objective, history, len(history), interrupted, stopped_by)
