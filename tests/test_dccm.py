@@ -164,7 +164,7 @@ PAPER_VALUES = {
     "optimizer": "rmsprop", "learning_rate": 1e-4, "lr_schedule": "constant",
     "weight_decay": 0.0, "alpha": 5.0, "beta": 0.1, "graph_threshold": 0.95,
     "confidence_threshold": 0.9, "pseudo_label_loss": "ce", "original_view_loss": True,
-    "balance_weight": 0.0, "bn_batch_stats": True, "n_negatives": 2,
+    "balance_weight": 0.0, "bn_batch_stats": True, "n_negatives": 2, "mi_hidden": 512,
 }
 
 
@@ -229,6 +229,23 @@ def test_ablations_use_exactly_their_loss_parts(make_dccm, X, count_views, ablat
         total = p["graph"] + alpha * p.get("label", 0.0) + beta * p.get("mi", 0.0)
         assert record["loss"] == pytest.approx(total, rel=1e-5)
     assert (len(count_views) > 0) is augmented
+
+
+@pytest.mark.parametrize(("params", "width"), [
+    ({"mi_hidden": 24}, 24), ({"preset": "paper"}, 512), ({}, 128),
+])
+def test_mi_hidden_sets_the_discriminator_width(make_dccm, X, monkeypatch, params, width):
+    built = []
+    original = dccm_module.MIDiscriminator
+
+    def spy(*args):
+        built.append(original(*args))
+        return built[-1]
+
+    monkeypatch.setattr(dccm_module, "MIDiscriminator", spy)
+    make_dccm(**{**TINY_LOOP, **params}).fit(X)
+    hidden = [layer.out_features for layer in built[0].net if isinstance(layer, torch.nn.Linear)]
+    assert hidden == [width, width, 1]
 
 
 def test_balance_term_enters_the_loss_with_its_weight(make_dccm, X):
