@@ -27,6 +27,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch import Tensor, nn
 
 from .data import ArraySource, InputLayout, check_image_size, infer_layout, value_range
+from .distributed import SINGLE_PROCESS, Collective, resolve_strategy
 from .training import (
     TrainResult,
     TrainSpec,
@@ -89,9 +90,16 @@ class DeepClusteringBase(
                              "n_clusters")
 
         device = resolve_device(self.device)
+        collective, device = resolve_strategy(self.strategy, device, type(self).__name__)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        source = ArraySource(X, layout, device)
-        layout = _with_range(layout, value_range(source))
+        # Data-parallel: this rank reads its shard only (rows of a memory map stay on disk).
+        shard = collective.shard(n_samples, seed)
+        local = X if shard is None else X[shard]
+        source = ArraySource(local, layout, device)
+        low, high = value_range(source)
+        bounds = collective.max_(torch.tensor([-low, high], dtype=torch.float64,
+                                             device=collective.device)).tolist()
+        layout = _with_range(layout, (-bounds[0], bounds[1]))
         source.layout = layout
 
         # Initialisation draws from torch's global RNG: fork it so the user's stream is untouched.
@@ -105,7 +113,7 @@ class DeepClusteringBase(
         generator = torch.Generator().manual_seed(seed)
         device_generator = torch.Generator(device=device).manual_seed(seed + 1)
         result = self._run_training(module, objective, source, spec, params, generator,
-                                    device_generator)
+                                    device_generator, collective)
         if result.n_epochs == 0:
             raise RuntimeError("training was interrupted before its first epoch ended; "
                                "there is no model to keep")
@@ -118,11 +126,14 @@ class DeepClusteringBase(
         self.preset_params_ = params
         # Number clusters by decreasing size on the training data: labels are then
         # consecutive from 0 even when some clusters end up empty.
-        proba, _ = self._infer_array(X, layout, want_embedding=False)
-        sizes = np.bincount(proba.argmax(axis=1), minlength=self.n_clusters)
+        proba, _ = self._infer_array(local, layout, want_embedding=False)
+        labels = collective.gather_labels(
+            torch.as_tensor(proba.argmax(axis=1), device=collective.device)).cpu().numpy()
+        labels = collective.to_input_order(labels)
+        sizes = np.bincount(labels, minlength=self.n_clusters)
         order = np.argsort(-sizes, kind="stable")
         self._reorder_clusters(self.module_, torch.as_tensor(order))
-        self.labels_ = np.argsort(order)[proba.argmax(axis=1)]
+        self.labels_ = np.argsort(order)[labels]
         return self
 
     def predict(self, X):
@@ -212,11 +223,12 @@ class DeepClusteringBase(
 
     def _run_training(self, module: nn.Module, objective: nn.Module, source: ArraySource,
                       spec: TrainSpec, params: dict[str, Any], generator: torch.Generator,
-                      device_generator: torch.Generator) -> TrainResult:
+                      device_generator: torch.Generator,
+                      collective: Collective = SINGLE_PROCESS) -> TrainResult:
         """Run the training loop once. A method may override it to train in stages or to
         choose among heads after training (it may then set fitted attributes)."""
         return train(module, objective, source, spec, generator, device_generator,
-                     callbacks=_as_list(self.callbacks), owner=self)
+                     callbacks=_as_list(self.callbacks), owner=self, collective=collective)
 
     def _infer(self, module: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
         """``(probabilities (B, K), embedding (B, E))`` of a batch, in eval mode."""

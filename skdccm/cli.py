@@ -10,6 +10,9 @@ Commands
     embeddings).
 ``cluster``
     Cluster a folder of images; writes ``clusters.csv`` and one contact sheet per cluster.
+``fit``
+    Fit one estimator on a data set and save it with joblib; under ``torchrun`` every
+    process trains on its shard (``torchrun --nproc_per_node=N -m skdccm fit ...``).
 
 Every estimator flag maps one to one onto an estimator parameter (``--max-iter`` is
 ``max_iter``, ``--param NAME=VALUE`` sets any other); there is no configuration file. A new
@@ -908,6 +911,64 @@ def run_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_fit_data(path_or_name: str, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Images for ``fit``: an ``.npy`` file as a read-only memory map, else
+    :func:`~skdccm.datasets.load_dataset` (labels when the data set has them)."""
+    if str(path_or_name).endswith(".npy"):
+        return np.load(path_or_name, mmap_mode="r"), None
+    return load_dataset(path_or_name, size=size or None)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    import joblib
+    import torch.distributed as dist
+
+    method = parse_methods(args.estimator)[0]
+    if not method.is_deep:
+        raise CommandError(f"--estimator {args.estimator!r}: choose dccm, crlc or "
+                           "FAMILY-PRESET (e.g. dccm-paper)")
+    params = estimator_params(args)
+    check_params_used([method], params)
+    X, y = load_fit_data(args.data, args.size)
+    n_clusters = args.n_clusters
+    if n_clusters is None:
+        if y is None:
+            raise CommandError(f"{args.data} has no labels to count classes in: pass "
+                               "--n-clusters")
+        n_clusters = len(np.unique(y))
+    estimator = make_estimator(method, n_clusters, args.random_state, params)
+    tic = time.perf_counter()
+    try:
+        estimator.fit(X)
+        seconds = time.perf_counter() - tic
+        main_rank = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+        if main_rank:
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            joblib.dump(estimator, out)
+            processes = dist.get_world_size() if dist.is_initialized() else 1
+            sizes = np.bincount(estimator.labels_, minlength=n_clusters)
+            print(f"{method.name}: {len(X)} samples {_describe(X)}, K={n_clusters}, "
+                  f"{estimator.n_iter_} epochs in {seconds:.1f} s on {processes} "
+                  f"process(es), device {estimator.device_}; cluster sizes "
+                  f"{sizes.tolist()}", flush=True)
+            if y is not None:
+                scores = clustering_scores(y, estimator.labels_)
+                print("against the labels: " + " ".join(f"{k.upper()}={v:.3f}"
+                                                        for k, v in scores.items()))
+            print(f"wrote {out}")
+    except BaseException:
+        # No barrier here: the other ranks may never reach it. torchrun stops them.
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    if dist.is_available() and dist.is_initialized():
+        # Together: a rank that tears down while another still writes can abort it.
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
 def contact_sheet(images: np.ndarray, *, min_tile: int = 32, pad: int = 2) -> np.ndarray:
     """A grid of images (grey or RGB uint8) on a white ground, small images enlarged.
 
@@ -1021,8 +1082,32 @@ def _add_cluster(subparsers) -> None:
     parser.set_defaults(handler=run_cluster)
 
 
-#: Registered commands, in help order. (``fit``, which saves a model with joblib, comes next.)
-COMMANDS = (_add_demo, _add_benchmark, _add_cluster)
+def _add_fit(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "fit", help="fit one estimator and save it with joblib (works under torchrun)",
+        description="Fit DCCMClustering or CRLCClustering on a data set and save the fitted "
+                    "estimator with joblib. Launched by torchrun with several processes, "
+                    "each trains on its shard of the data (DDP) and rank 0 writes the file: "
+                    "torchrun --nproc_per_node=N -m skdccm fit --estimator dccm "
+                    "--data X.npy --out model.joblib")
+    parser.add_argument("--estimator", default="dccm",
+                        help="dccm, crlc or FAMILY-PRESET, e.g. dccm-paper (default: dccm)")
+    parser.add_argument("--data", required=True,
+                        help="an .npy array of images (read as a memory map: each process "
+                             "reads its shard only), an .npz file, a folder of images, or "
+                             "a data set name (digits, mnist5k, mnist, usps, cifar10)")
+    parser.add_argument("--out", required=True, help="path of the joblib file to write")
+    parser.add_argument("--n-clusters", type=int, default=None,
+                        help="K (default: the number of classes of a labelled data set)")
+    parser.add_argument("--size", type=int, default=0,
+                        help="image size for a folder of images (default: keep)")
+    parser.add_argument("--random-state", type=int, default=0, help="default: 0")
+    _add_estimator_flags(parser)
+    parser.set_defaults(handler=run_fit)
+
+
+#: Registered commands, in help order.
+COMMANDS = (_add_demo, _add_benchmark, _add_cluster, _add_fit)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from .augment import ContrastiveAugmentation, contrastive_view, resolve_contrastive
 from .base import DeepClusteringBase, _as_list
 from .data import ArraySource, InputLayout, even_splits
+from .distributed import SINGLE_PROCESS, Collective
 from .losses import (
     logit_bound_penalty,
     nt_xent_loss,
@@ -146,7 +147,8 @@ class CRLCObjective(nn.Module):
         # in the history during training (the final choice is made after training).
         self.register_buffer("head_pc_running", torch.full((n_heads,), float("nan")))
 
-    def prepare(self, module: nn.Module, images: Tensor) -> None:
+    def prepare(self, module: nn.Module, images: Tensor,
+                collective: Collective = SINGLE_PROCESS) -> None:
         """No per-chunk targets: every step is self-contained."""
         return None
 
@@ -158,18 +160,26 @@ class CRLCObjective(nn.Module):
                                            generator) for _ in range(2)])
 
     def step(self, module: nn.Module, images: Tensor, targets: None, index: Tensor,
-             generator: torch.Generator) -> StepResult:
-        """CRLC's loss on one minibatch of n images (2n rows)."""
-        n = images.shape[0]
-        out = module(self.views(images, generator))
-        z1, z2 = out.projection.float().split(n)                          # (n, P) each
+             generator: torch.Generator,
+             collective: Collective = SINGLE_PROCESS) -> StepResult:
+        """CRLC's loss on one minibatch of n images (2n rows).
+
+        Data-parallel: ``images`` are this rank's part of the minibatch; projections and
+        logits of both views are gathered (with gradient), so the contrastive negatives and
+        the batch-marginal entropy are those of the whole minibatch.
+        """
+        out = module(self.views(images, collective.augmentation_generator(generator)))
+        projection = collective.gather(out.projection.float(), groups=2)  # (2n, P)
+        n = projection.shape[0] // 2
+        z1, z2 = projection.split(n)                                      # (n, P) each
         fc = nt_xent_loss(z1, z2, self.temperature)
         parts = {"fc": fc.detach()}
         loss = self.fc_weight * fc
         if not self.clustering:
             return StepResult(loss, parts)
 
-        logits = out.logits.float()                                       # (H, 2n, K)
+        logits = collective.gather(out.logits.float().transpose(0, 1),
+                                   groups=2).transpose(0, 1)              # (H, 2n, K)
         probs = logits.softmax(dim=-1)
         p1, p2 = probs[:, :n], probs[:, n:]                               # (H, n, K) each
         pc = probability_contrastive_loss(p1, p2, self.smoothing)         # (H,)
@@ -184,7 +194,7 @@ class CRLCObjective(nn.Module):
             running.copy_(torch.where(running.isnan(), pc, 0.9 * running + 0.1 * pc))
             # index_select, not int(argmin): no host-device sync per step on a GPU.
             best = p1.index_select(0, running.argmin().reshape(1))[0]     # (n, K)
-            labels = best.argmax(dim=1)                                   # (n,)
+            labels = collective.local_part(best.argmax(dim=1))            # (m,)
         parts.update({"pc": pc.mean().detach(), "pc_min": pc.min().detach(),
                       "entropy": entropy.mean().detach(),
                       "logit_penalty": (lower + upper).mean().detach()})
@@ -192,7 +202,8 @@ class CRLCObjective(nn.Module):
 
 
 def head_losses(module: CRLCNetwork, objective: CRLCObjective, source: ArraySource,
-                batch_size: int, seed: int = HEAD_SELECTION_SEED) -> Tensor:
+                batch_size: int, seed: int = HEAD_SELECTION_SEED,
+                collective: Collective = SINGLE_PROCESS) -> Tensor:
     """Mean PC loss of every sub-head over the data, on seeded augmented view pairs.
 
     Un-augmented pairs would be identical and say nothing about consistency across views,
@@ -211,6 +222,9 @@ def head_losses(module: CRLCNetwork, objective: CRLCObjective, source: ArraySour
         Images per batch (each gives two views).
     seed : int, default=HEAD_SELECTION_SEED
         Seed of the views, fixed so that the choice depends on the network only.
+    collective : Collective
+        Data-parallel: ``source`` is this rank's shard and the means are averaged over
+        ranks (equal shards), so every rank chooses the same sub-head.
 
     Returns
     -------
@@ -231,7 +245,7 @@ def head_losses(module: CRLCNetwork, objective: CRLCObjective, source: ArraySour
                                               objective.smoothing)        # (H,)
             totals += pc.double().cpu() * b
     module.train(was_training)
-    return totals / n
+    return collective.mean_(totals.to(collective.device)).cpu() / n
 
 
 class CRLCClustering(DeepClusteringBase):
@@ -349,6 +363,12 @@ instance, default=None
         loss is always computed in float32.
     compile : bool, default=False
         Train through ``torch.compile``.
+    strategy : {"auto", "single", "ddp"}, default="auto"
+        ``"auto"`` trains data-parallel (PyTorch DDP, one shard of the data per process)
+        when the script runs under ``torchrun`` with several processes or in an initialised
+        ``torch.distributed`` process group, in one process otherwise; ``"ddp"`` requires
+        it; ``"single"`` never does. ``batch_size`` is then the global size, summed over
+        processes. See the documentation's distributed page.
     predict_batch_size : int, default=1024
         Batch size of ``predict``, ``predict_proba`` and ``transform``.
     tol : float, default=0.0
@@ -456,6 +476,7 @@ instance, default=None
         device: str = "auto",
         precision: str = "auto",
         compile: bool = False,
+        strategy: str = "auto",
         predict_batch_size: int = 1024,
         tol: float = 0.0,
         callbacks: Any = None,
@@ -493,6 +514,7 @@ instance, default=None
         self.device = device
         self.precision = precision
         self.compile = compile
+        self.strategy = strategy
         self.predict_batch_size = predict_batch_size
         self.tol = tol
         self.callbacks = callbacks
@@ -574,7 +596,8 @@ instance, default=None
 
     def _run_training(self, module: nn.Module, objective: nn.Module, source: ArraySource,
                       spec: TrainSpec, params: dict[str, Any], generator: torch.Generator,
-                      device_generator: torch.Generator) -> TrainResult:
+                      device_generator: torch.Generator,
+                      collective: Collective = SINGLE_PROCESS) -> TrainResult:
         """Optional FC-only pre-training, the full loss, then the choice of sub-head."""
         callbacks = _as_list(self.callbacks)
         history: list[dict[str, Any]] = []
@@ -588,23 +611,24 @@ instance, default=None
                 fingerprint={**spec.fingerprint, "stage": "pretrain"},
             )
             first = train(module, pretrain_objective, source, pretrain_spec, generator,
-                          device_generator, callbacks=callbacks, owner=self)
+                          device_generator, callbacks=callbacks, owner=self,
+                          collective=collective)
             history = [{**record, "stage": "pretrain"} for record in first.history]
             if first.interrupted:
-                self._select_head(module, objective, source, spec.batch_size)
+                self._select_head(module, objective, source, spec.batch_size, collective)
                 return replace(first, objective=objective, history=history)
             if self.freeze_encoder:
                 module.set_backbone_frozen(True)
         result = train(module, objective, source, spec, generator, device_generator,
-                       callbacks=callbacks, owner=self)
+                       callbacks=callbacks, owner=self, collective=collective)
         history += [{**record, "stage": "cluster"} for record in result.history]
-        self._select_head(module, objective, source, spec.batch_size)
+        self._select_head(module, objective, source, spec.batch_size, collective)
         return replace(result, history=history, n_epochs=len(history))
 
     def _select_head(self, module: CRLCNetwork, objective: CRLCObjective,
-                     source: ArraySource, batch_size: int) -> None:
+                     source: ArraySource, batch_size: int, collective: Collective) -> None:
         """Label-free choice of the predicting sub-head: the lowest PC loss."""
-        losses = head_losses(module, objective, source, batch_size)
+        losses = head_losses(module, objective, source, batch_size, collective=collective)
         self.head_losses_ = losses.numpy()
         self.selected_head_ = int(np.argmin(self.head_losses_))
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from .augment import AffineAugmentation, dccm_view, resolve_affine
 from .base import DeepClusteringBase
 from .data import InputLayout
+from .distributed import SINGLE_PROCESS, Collective
 from .losses import (
     balance_loss,
     jsd_mutual_information_loss,
@@ -124,9 +125,14 @@ class DCCMObjective(nn.Module):
         self.discriminator = (MIDiscriminator(shallow_channels, n_clusters, mi_hidden)
                               if components["mi"] else None)
 
-    def prepare(self, module: nn.Module, images: Tensor) -> ChunkTargets:
-        """Targets of a target batch, from un-augmented images (no gradient)."""
-        probs = module(images).logits.float().softmax(dim=1)             # (N, K)
+    def prepare(self, module: nn.Module, images: Tensor,
+                collective: Collective = SINGLE_PROCESS) -> ChunkTargets:
+        """Targets of a target batch, from un-augmented images (no gradient).
+
+        Data-parallel: ``images`` are this rank's part of the target batch, and the targets
+        cover the whole batch, gathered from every rank.
+        """
+        probs = collective.gather(module(images).logits.float().softmax(dim=1))  # (N, K)
         graph = pseudo_graph(probs, self.graph_threshold)                # (N, N)
         labels, confident = pseudo_labels(probs, self.confidence_threshold)
         n = probs.shape[0]
@@ -135,22 +141,30 @@ class DCCMObjective(nn.Module):
             "graph_positive": (graph.sum() - n) / max(n * (n - 1), 1),  # off-diagonal share
         }
         return ChunkTargets({"graph": graph, "labels": labels, "confident": confident},
-                            labels, stats)
+                            collective.local_part(labels), stats)
 
     def step(self, module: nn.Module, images: Tensor, targets: ChunkTargets, index: Tensor,
-             generator: torch.Generator) -> StepResult:
-        """DCCM's loss (Eq. 15) on one minibatch of n images."""
-        graph = targets.tensors["graph"][index][:, index]                # (n, n)
-        labels = targets.tensors["labels"][index]                        # (n,)
-        confident = targets.tensors["confident"][index]                  # (n,)
-        n = images.shape[0]
+             generator: torch.Generator,
+             collective: Collective = SINGLE_PROCESS) -> StepResult:
+        """DCCM's loss (Eq. 15) on one minibatch of n images.
+
+        Data-parallel: ``images`` and ``index`` are this rank's part of the minibatch; the
+        pseudo-graph and pseudo-label losses are those of the whole minibatch (gathered),
+        and the MI loss is this rank's share of the whole minibatch's.
+        """
+        batch = collective.global_index(index, targets.tensors["labels"].shape[0])  # (n,)
+        graph = targets.tensors["graph"][batch][:, batch]                # (n, n)
+        labels = targets.tensors["labels"][batch]                        # (n,)
+        confident = targets.tensors["confident"][batch]                  # (n,)
+        n = batch.shape[0]
 
         views = [images] if self.original_view else []
         if self.augmentation is not None:
-            views.append(dccm_view(images, self.augmentation, self.value_range, generator))
-        out = module(torch.cat(views))                                   # V*n rows
-        probs = out.logits.float().softmax(dim=1)                        # (V*n, K)
-        logits = out.logits.float()
+            views.append(dccm_view(images, self.augmentation, self.value_range,
+                                   collective.augmentation_generator(generator)))
+        out = module(torch.cat(views))                                   # V*m local rows
+        logits = collective.gather(out.logits.float(), groups=len(views))  # (V*n, K)
+        probs = logits.softmax(dim=1)                                    # (V*n, K)
 
         parts: dict[str, Tensor] = {"graph": probs.new_zeros(())}
         if self.components["labels"]:
@@ -165,9 +179,11 @@ class DCCMObjective(nn.Module):
 
         if self.discriminator is not None:
             # MI between deep and shallow features of the last (augmented, if any) view.
-            rows = slice((len(views) - 1) * n, len(views) * n)
-            parts["mi"] = self._mutual_information(out.shallow[rows].float(),
-                                                   out.deep[rows].float(), graph, generator)
+            m = images.shape[0]
+            last = slice((len(views) - 1) * m, len(views) * m)
+            parts["mi"] = self._mutual_information(out.shallow[last].float(),
+                                                   out.deep[last].float(), graph, generator,
+                                                   collective)
             loss = loss + self.beta * parts["mi"]
         if self.balance_weight > 0:
             parts["balance"] = balance_loss(probs)
@@ -175,22 +191,38 @@ class DCCMObjective(nn.Module):
         return StepResult(loss, {k: v.detach() for k, v in parts.items()})
 
     def _mutual_information(self, shallow: Tensor, deep: Tensor, graph: Tensor,
-                            generator: torch.Generator) -> Tensor:
+                            generator: torch.Generator, collective: Collective) -> Tensor:
         """Triplet MI (Eq. 14): positives are the image's own map and a neighbour's map,
-        negatives are maps of non-neighbours; Jensen-Shannon estimator."""
+        negatives are maps of non-neighbours; Jensen-Shannon estimator.
+
+        Data-parallel: ``shallow`` and ``deep`` are this rank's rows, ``graph`` covers the
+        whole minibatch. Neighbours and negatives are drawn over the whole minibatch with
+        the generator every rank shares, so the draws are those of one process; each rank
+        scores its own anchors and returns its share of the whole minibatch's loss.
+        """
         neighbour, has_neighbour, negatives, has_negative = sample_triplets(
-            graph, self.n_negatives, generator)
-        n, n_neg = shallow.shape[0], negatives.shape[1]
-        anchors = torch.arange(n, device=shallow.device)
+            graph, self.n_negatives, generator)                           # over all n anchors
+        maps_all = collective.gather(shallow)                              # (n, C, h, w)
+        n, n_neg = maps_all.shape[0], negatives.shape[1]
+        anchors = collective.local_part(torch.arange(n, device=shallow.device))   # (m,)
+        m = anchors.shape[0]
         # Every (anchor, map) pair in one discriminator call: self, neighbour, negatives.
-        maps = torch.cat([anchors, neighbour, negatives.T.reshape(-1)])       # ((2+m)*n,)
-        # index_select, not shallow[maps]: the backward of advanced indexing accumulates
+        maps = torch.cat([anchors, neighbour[anchors],
+                          negatives[anchors].T.reshape(-1)])               # ((2+k)*m,)
+        # index_select, not maps_all[maps]: the backward of advanced indexing accumulates
         # repeated indices in a thread-dependent order on CPU (not reproducible).
-        scores = self.discriminator(shallow.index_select(0, maps),             # (P, h*w)
+        scores = self.discriminator(maps_all.index_select(0, maps),        # (P, h*w)
                                     deep.repeat(2 + n_neg, 1))
-        positive = torch.cat([scores[:n], scores[n:2 * n][has_neighbour]])
-        negative = scores[2 * n:][has_negative.T.reshape(-1)]
-        return jsd_mutual_information_loss(positive.flatten(), negative.flatten())
+        positive = torch.cat([scores[:m], scores[m:2 * m][has_neighbour[anchors]]])
+        negative = scores[2 * m:][has_negative[anchors].T.reshape(-1)]
+        if collective.world_size == 1:
+            return jsd_mutual_information_loss(positive.flatten(), negative.flatten())
+        positions = scores.shape[1]
+        share = jsd_mutual_information_loss(
+            positive.flatten(), negative.flatten(),
+            n_positive=(n + has_neighbour.sum()) * positions,
+            n_negative=has_negative.sum() * positions)
+        return share * collective.world_size
 
 
 class DCCMClustering(DeepClusteringBase):
@@ -280,6 +312,12 @@ class DCCMClustering(DeepClusteringBase):
         Autocast on CUDA (bf16 where supported) with ``"auto"``; float32 on CPU.
     compile : bool, default=False
         Train through ``torch.compile``.
+    strategy : {"auto", "single", "ddp"}, default="auto"
+        ``"auto"`` trains data-parallel (PyTorch DDP, one shard of the data per process)
+        when the script runs under ``torchrun`` with several processes or in an initialised
+        ``torch.distributed`` process group, in one process otherwise; ``"ddp"`` requires
+        it; ``"single"`` never does. ``batch_size`` and ``target_batch_size`` are then the
+        global sizes, summed over processes. See the documentation's distributed page.
     predict_batch_size : int, default=1024
         Batch size of ``predict``, ``predict_proba`` and ``transform``.
     tol : float, default=0.0
@@ -376,6 +414,7 @@ class DCCMClustering(DeepClusteringBase):
         device: str = "auto",
         precision: str = "auto",
         compile: bool = False,
+        strategy: str = "auto",
         predict_batch_size: int = 1024,
         tol: float = 0.0,
         callbacks: Any = None,
@@ -415,6 +454,7 @@ class DCCMClustering(DeepClusteringBase):
         self.device = device
         self.precision = precision
         self.compile = compile
+        self.strategy = strategy
         self.predict_batch_size = predict_batch_size
         self.tol = tol
         self.callbacks = callbacks

@@ -266,7 +266,10 @@ def sample_triplets(
     return neighbour, has_neighbour, top.indices, top.values >= 0
 
 
-def jsd_mutual_information_loss(positive: Tensor, negative: Tensor) -> Tensor:
+def jsd_mutual_information_loss(
+    positive: Tensor, negative: Tensor, *, n_positive: Tensor | int | None = None,
+    n_negative: Tensor | int | None = None,
+) -> Tensor:
     """Deep InfoMax's Jensen-Shannon MI estimator, as a loss to minimise (DCCM Eq. 14).
 
     ``mean softplus(-T(positive)) + mean softplus(T(negative))``.
@@ -278,6 +281,10 @@ def jsd_mutual_information_loss(positive: Tensor, negative: Tensor) -> Tensor:
         neighbour's shallow map, at every position). Empty: that term is zero.
     negative : Tensor of any shape
         Scores of negative pairs. Empty: that term is zero.
+    n_positive, n_negative : int or Tensor, optional
+        Divide the sums by these counts instead of the scores' own: the scores are then a
+        part of a larger set (data-parallel training), and the parts' losses add up to the
+        whole set's.
 
     Returns
     -------
@@ -293,8 +300,12 @@ def jsd_mutual_information_loss(positive: Tensor, negative: Tensor) -> Tensor:
     >>> jsd_mutual_information_loss(torch.full((4,), 20.0), torch.full((6,), -20.0))
     tensor(4.1223e-09)
     """
-    pos = F.softplus(-positive).mean() if positive.numel() else positive.new_zeros(())
-    neg = F.softplus(negative).mean() if negative.numel() else negative.new_zeros(())
+    if n_positive is None and n_negative is None:
+        pos = F.softplus(-positive).mean() if positive.numel() else positive.new_zeros(())
+        neg = F.softplus(negative).mean() if negative.numel() else negative.new_zeros(())
+        return pos + neg
+    pos = F.softplus(-positive).sum() / torch.as_tensor(n_positive).clamp_min(1)
+    neg = F.softplus(negative).sum() / torch.as_tensor(n_negative).clamp_min(1)
     return pos + neg
 
 

@@ -3,10 +3,15 @@
 It knows no scikit-learn. An *objective* (an ``nn.Module`` holding the method's own trainable
 parts, such as DCCM's discriminator) supplies two things:
 
-- ``prepare(module, images) -> targets``: computed without gradient on un-augmented images of a
-  *chunk* (DCCM's target batch), or None;
-- ``step(module, images, targets, index, generator) -> StepResult``: the loss of one minibatch
-  (positions ``index`` within the chunk), with its named parts.
+- ``prepare(module, images, collective) -> targets``: computed without gradient on
+  un-augmented images of a *chunk* (DCCM's target batch), or None;
+- ``step(module, images, targets, index, generator, collective) -> StepResult``: the loss of
+  one minibatch (positions ``index`` within the chunk), with its named parts.
+
+Under data-parallel training (:mod:`skdccm.distributed`) each rank runs this same loop on its
+shard, with chunks and minibatches of ``size // world_size``; the ``collective`` lets the
+objective gather what must be global, and the epoch's figures are averaged over ranks so
+that every rank keeps the same history.
 
 One epoch visits every sample once in chunks of ``chunk_size``; each chunk is visited
 ``passes_per_chunk`` times in shuffled minibatches, with ``steps_per_batch`` optimiser steps
@@ -25,7 +30,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import ArraySource, even_splits, to_device
+from .distributed import SINGLE_PROCESS, Collective, global_batchnorm
 
 logger = logging.getLogger("skdccm")
 
@@ -268,6 +274,7 @@ def train(
     device_generator: torch.Generator,
     callbacks: Sequence[Callable[..., Any]] = (),
     owner: Any = None,
+    collective: Collective = SINGLE_PROCESS,
 ) -> TrainResult:
     """Train ``module`` (and the ``objective``'s own parameters) on ``data``.
 
@@ -288,6 +295,9 @@ def train(
         epoch; returning True or raising :class:`EarlyStop` ends training.
     owner : object
         Passed to callbacks (the estimator).
+    collective : Collective
+        Data-parallel communication (:mod:`skdccm.distributed`); one process by default.
+        ``data`` is then this rank's shard and ``spec``'s sizes are global.
 
     Returns
     -------
@@ -295,6 +305,40 @@ def train(
         The trained module (the last complete epoch's weights if interrupted), history and
         epoch count.
     """
+    with global_batchnorm(module, collective):
+        return _train(module, objective, data, _local_sizes(spec, collective.world_size),
+                      generator, device_generator, callbacks, owner, collective)
+
+
+def _local_sizes(spec: TrainSpec, world_size: int) -> TrainSpec:
+    """Each rank's share of the global chunk and minibatch sizes."""
+    if world_size == 1:
+        return spec
+    return replace(spec, batch_size=max(1, spec.batch_size // world_size),
+                   chunk_size=max(1, spec.chunk_size // world_size))
+
+
+class ObjectiveStep(nn.Module):
+    """The network and the objective as one module, so that DDP sees every parameter that
+    a step trains (the objective's own, such as DCCM's discriminator, included)."""
+
+    def __init__(self, module: nn.Module, objective: nn.Module,
+                 collective: Collective) -> None:
+        super().__init__()
+        self.module = module
+        self.objective = objective
+        self.collective = collective
+
+    def forward(self, images: Tensor, targets: Any, index: Tensor,
+                generator: torch.Generator) -> StepResult:
+        return self.objective.step(self.module, images, targets, index, generator,
+                                   self.collective)
+
+
+def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: TrainSpec,
+           generator: torch.Generator, device_generator: torch.Generator,
+           callbacks: Sequence[Callable[..., Any]], owner: Any,
+           collective: Collective) -> TrainResult:
     device = data.device
     n = len(data)
     params = [p for p in (*module.parameters(), *objective.parameters()) if p.requires_grad]
@@ -308,6 +352,9 @@ def train(
     if channels_last:
         module.to(memory_format=torch.channels_last)  # in place: same Parameter objects
     forward_module = torch.compile(module) if spec.compile else module
+    # A stage that trains only some heads (CRLC's pre-training) leaves parameters unused.
+    stepper = collective.wrap(ObjectiveStep(forward_module, objective, collective),
+                              find_unused_parameters=not getattr(objective, "clustering", True))
     n_clusters = int(getattr(objective, "n_clusters", 0))
     lr = spec.learning_rate
 
@@ -336,6 +383,7 @@ def train(
     try:
         for epoch in range(start_epoch, spec.max_epochs):
             tic = time.perf_counter()
+            collective.start_epoch(epoch, device_generator.initial_seed())
             sums: dict[str, Tensor] = {}
             first_bad: dict[str, Tensor] = {}   # name -> first step where it was not finite
             stat_sums: dict[str, Tensor] = {}
@@ -348,7 +396,7 @@ def train(
                 chunk_dev = to_device(chunk, device)                         # (Nc,)
                 images = data.gather(chunk)                                  # (Nc, C, H, W)
                 with torch.no_grad(), _autocast(device, amp_dtype):
-                    targets = objective.prepare(forward_module, images)
+                    targets = objective.prepare(forward_module, images, collective)
                 if targets is not None:
                     _accumulate(stat_sums, targets.stats)
                     if targets.labels is not None:
@@ -362,8 +410,8 @@ def train(
                             for group in optimizer.param_groups:
                                 group["lr"] = lr
                             with _autocast(device, amp_dtype):
-                                result = objective.step(forward_module, images[batch_dev],
-                                                        targets, batch_dev, device_generator)
+                                result = stepper(images[batch_dev], targets, batch_dev,
+                                                 device_generator)
                             optimizer.zero_grad(set_to_none=True)
                             scaler.scale(result.loss).backward()
                             scaler.step(optimizer)
@@ -375,9 +423,14 @@ def train(
                             n_steps += 1
                             step += 1
 
-            # Epoch end: the one place where figures leave the device.
+            # Epoch end: the one place where figures leave the device (and ranks meet).
+            _mean_over_ranks(collective, sums, stat_sums)
+            labels = collective.gather_labels(labels)
+            seconds = time.perf_counter() - tic
+            if collective.world_size > 1:  # the epoch ends when its slowest rank is done
+                seconds = float(collective.max_(torch.tensor([seconds], device=collective.device)))
             record = _epoch_record(epoch, sums, n_steps, stat_sums, n_chunks, labels,
-                                   previous_labels, n_clusters, lr, time.perf_counter() - tic)
+                                   previous_labels, n_clusters, lr, seconds)
             _check_finite(record, first_bad)
             previous_labels = labels
             history.append(record)
@@ -386,11 +439,12 @@ def train(
             stop = _tol_reached(record, spec.tol)
             if stop:
                 stopped_by = f"label change {record['label_change']:.4%} <= tol={spec.tol}"
-            if _run_callbacks(callbacks, owner, record):
+            if _run_callbacks(callbacks, owner, record, collective):
                 stop, stopped_by = True, "callback"
-            report(record, spec, last=is_last or stop)
-            if ckpt_path is not None and ((epoch + 1) % spec.checkpoint_every == 0
-                                          or is_last or stop):
+            if collective.is_main:
+                report(record, spec, last=is_last or stop)
+            if collective.is_main and ckpt_path is not None and (
+                    (epoch + 1) % spec.checkpoint_every == 0 or is_last or stop):
                 save_checkpoint(ckpt_path, {
                     "format": CHECKPOINT_FORMAT, "version": 1, "fingerprint": spec.fingerprint,
                     "epoch": epoch + 1, "module": module.state_dict(),
@@ -513,7 +567,8 @@ def _tol_reached(record: dict[str, Any], tol: float) -> bool:
     return tol > 0 and record.get("label_change", math.inf) <= tol
 
 
-def _run_callbacks(callbacks: Sequence[Any], owner: Any, record: dict[str, Any]) -> bool:
+def _run_callbacks(callbacks: Sequence[Any], owner: Any, record: dict[str, Any],
+                   collective: Collective = SINGLE_PROCESS) -> bool:
     stop = False
     for callback in callbacks:
         hook = getattr(callback, "on_epoch_end", callback)
@@ -521,7 +576,20 @@ def _run_callbacks(callbacks: Sequence[Any], owner: Any, record: dict[str, Any])
             stop = bool(hook(owner, record)) or stop
         except EarlyStop:
             stop = True
+    if collective.world_size > 1:  # one rank's request stops them all (none may wait alone)
+        stop = bool(collective.max_(torch.tensor([float(stop)], device=collective.device)))
     return stop
+
+
+def _mean_over_ranks(collective: Collective, *sums: dict[str, Tensor]) -> None:
+    """Average each epoch sum over ranks, in place: one all-reduce per dict."""
+    if collective.world_size == 1:
+        return
+    for values in sums:
+        if values:
+            keys = sorted(values)
+            stacked = collective.mean_(torch.stack([values[k].float() for k in keys]))
+            values.update(zip(keys, stacked.unbind(), strict=True))
 
 
 def refresh_batchnorm_statistics(module: nn.Module, data: ArraySource, batch_size: int) -> None:

@@ -200,10 +200,10 @@ class SquareObjective(nn.Module):
 
     n_clusters = 2
 
-    def prepare(self, module, images):
+    def prepare(self, module, images, collective):
         return None
 
-    def step(self, module, images, targets, index, generator):
+    def step(self, module, images, targets, index, generator, collective):
         loss = module(images).logits.float().square().mean()
         return StepResult(loss, {"square": loss.detach()})
 

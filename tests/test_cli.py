@@ -327,3 +327,49 @@ def test_python_dash_m_entry_point():
     assert result.returncode == 0
     for command in ("demo", "benchmark", "cluster"):
         assert command in result.stdout
+
+
+# -- fit -----------------------------------------------------------------------------------
+
+
+def test_fit_saves_a_model_that_predicts_its_labels(tmp_path, capsys):
+    import joblib
+
+    X, y = load_digits_images()
+    X, y = X[:150], y[:150]
+    np.save(tmp_path / "images.npy", X)
+    out = tmp_path / "models" / "dccm.joblib"
+    status = cli.main(["fit", "--estimator", "dccm", "--data", str(tmp_path / "images.npy"),
+                       "--n-clusters", "4", "--out", str(out), *TINY])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "on 1 process(es)" in printed and f"wrote {out}" in printed
+    model = joblib.load(out)
+    assert isinstance(model, skdccm.DCCMClustering)
+    assert model.n_clusters == 4 and model.max_iter == 1 and model.batch_size == 16
+    np.testing.assert_array_equal(model.predict(X), model.labels_)
+    sizes = printed.split("cluster sizes ")[1].split(";")[0].split("\n")[0]
+    assert json.loads(sizes) == np.bincount(model.labels_, minlength=4).tolist()
+
+
+def test_fit_counts_classes_of_a_labelled_data_set_and_scores_against_them(tmp_path, capsys):
+    import joblib
+
+    status = cli.main(["fit", "--estimator", "crlc", "--data", "digits",
+                       "--out", str(tmp_path / "crlc.joblib"), *TINY])
+    assert status == 0
+    printed = capsys.readouterr().out
+    model = joblib.load(tmp_path / "crlc.joblib")
+    assert model.n_clusters == 10                                  # digits has 10 classes
+    _, y = load_dataset("digits")
+    acc = float(printed.split("ACC=")[1].split()[0])
+    assert acc == pytest.approx(clustering_accuracy(y, model.labels_), abs=1e-3)
+
+
+def test_fit_needs_n_clusters_for_unlabelled_data(tmp_path, capsys):
+    np.save(tmp_path / "images.npy", load_digits_images()[0][:20])
+    status = cli.main(["fit", "--data", str(tmp_path / "images.npy"),
+                       "--out", str(tmp_path / "m.joblib")])
+    assert status == 1
+    assert "pass --n-clusters" in capsys.readouterr().err
+    assert not (tmp_path / "m.joblib").exists()

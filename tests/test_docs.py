@@ -214,7 +214,7 @@ def test_user_guide_preset_override_example(small_digits):
 
 DOCTEST_MODULES = ["skdccm.dccm", "skdccm.crlc", "skdccm.metrics", "skdccm.datasets",
                    "skdccm.losses", "skdccm.augment", "skdccm.networks", "skdccm.training",
-                   "skdccm.base", "skdccm.data"]
+                   "skdccm.base", "skdccm.data", "skdccm.distributed"]
 # Modules whose docstrings must hold at least one example.
 MUST_HAVE_EXAMPLES = {"skdccm.dccm", "skdccm.crlc", "skdccm.metrics", "skdccm.losses"}
 
@@ -245,7 +245,8 @@ def public_api() -> list[str]:
     """Dotted names of every public class, function and estimator method."""
     names = []
     for module_name in ("skdccm.dccm", "skdccm.crlc", "skdccm.metrics", "skdccm.datasets",
-                        "skdccm.losses", "skdccm.augment", "skdccm.networks"):
+                        "skdccm.losses", "skdccm.augment", "skdccm.networks",
+                        "skdccm.distributed"):
         if not _has(module_name):
             continue
         module = importlib.import_module(module_name)
