@@ -941,12 +941,13 @@ def run_fit(args: argparse.Namespace) -> int:
     try:
         estimator.fit(X)
         seconds = time.perf_counter() - tic
-        main_rank = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-        if main_rank:
+        # Under torchrun, fit has joined (or created) the process group.
+        distributed = dist.is_available() and dist.is_initialized()
+        if not distributed or dist.get_rank() == 0:
             out = Path(args.out)
             out.parent.mkdir(parents=True, exist_ok=True)
             joblib.dump(estimator, out)
-            processes = dist.get_world_size() if dist.is_initialized() else 1
+            processes = dist.get_world_size() if distributed else 1
             sizes = np.bincount(estimator.labels_, minlength=n_clusters)
             print(f"{method.name}: {len(X)} samples {_describe(X)}, K={n_clusters}, "
                   f"{estimator.n_iter_} epochs in {seconds:.1f} s on {processes} "
@@ -962,7 +963,7 @@ def run_fit(args: argparse.Namespace) -> int:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
         raise
-    if dist.is_available() and dist.is_initialized():
+    if distributed:
         # Together: a rank that tears down while another still writes can abort it.
         dist.barrier()
         dist.destroy_process_group()

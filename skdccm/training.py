@@ -426,9 +426,10 @@ def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: Tra
             # Epoch end: the one place where figures leave the device (and ranks meet).
             _mean_over_ranks(collective, sums, stat_sums)
             labels = collective.gather_labels(labels)
-            seconds = time.perf_counter() - tic
-            if collective.world_size > 1:  # the epoch ends when its slowest rank is done
-                seconds = float(collective.max_(torch.tensor([seconds], device=collective.device)))
+            # The epoch ends when its slowest rank is done.
+            seconds = float(collective.max_(torch.tensor([time.perf_counter() - tic],
+                                                         dtype=torch.float64,
+                                                         device=collective.device)))
             record = _epoch_record(epoch, sums, n_steps, stat_sums, n_chunks, labels,
                                    previous_labels, n_clusters, lr, seconds)
             _check_finite(record, first_bad)
@@ -568,7 +569,7 @@ def _tol_reached(record: dict[str, Any], tol: float) -> bool:
 
 
 def _run_callbacks(callbacks: Sequence[Any], owner: Any, record: dict[str, Any],
-                   collective: Collective = SINGLE_PROCESS) -> bool:
+                   collective: Collective) -> bool:
     stop = False
     for callback in callbacks:
         hook = getattr(callback, "on_epoch_end", callback)
@@ -576,15 +577,12 @@ def _run_callbacks(callbacks: Sequence[Any], owner: Any, record: dict[str, Any],
             stop = bool(hook(owner, record)) or stop
         except EarlyStop:
             stop = True
-    if collective.world_size > 1:  # one rank's request stops them all (none may wait alone)
-        stop = bool(collective.max_(torch.tensor([float(stop)], device=collective.device)))
-    return stop
+    # One rank's request stops them all (none may be left waiting alone).
+    return bool(collective.max_(torch.tensor([float(stop)], device=collective.device)))
 
 
 def _mean_over_ranks(collective: Collective, *sums: dict[str, Tensor]) -> None:
     """Average each epoch sum over ranks, in place: one all-reduce per dict."""
-    if collective.world_size == 1:
-        return
     for values in sums:
         if values:
             keys = sorted(values)

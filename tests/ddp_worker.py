@@ -47,17 +47,19 @@ def build(estimator, X: np.ndarray):
     """The network and objective the estimator's ``fit`` would train, seeded."""
     params = estimator._resolved_params()
     X, layout = estimator._validate_input(X, reset=True)
-    layout = _with_range(layout, value_range(ArraySource(X, layout, torch.device("cpu"))))
+    source = ArraySource(X, layout, torch.device("cpu"))
+    source.layout = layout = _with_range(layout, value_range(source))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         module, objective = estimator._build(layout, params)
-    source = ArraySource(X, layout, torch.device("cpu"))
     return module.train(), objective.train(), source.gather(torch.arange(len(X)))
 
 
-def one_step(estimator, images: torch.Tensor, collective) -> dict[str, object]:
-    """Targets, loss parts and gradients of one step on ``images`` (this rank's rows)."""
-    module, objective, _ = build(estimator, digits(STEP_IMAGES))
+def one_step(estimator, collective) -> dict[str, object]:
+    """Targets, loss parts and gradients of one step on the ``STEP_IMAGES`` digits, this
+    rank taking its equal part of them (all of them in one process)."""
+    module, objective, images = build(estimator, digits(STEP_IMAGES))
+    images = images.chunk(collective.world_size)[collective.rank]
     generator = torch.Generator().manual_seed(1)
     with global_batchnorm(module, collective):
         stepper = collective.wrap(ObjectiveStep(module, objective, collective))
@@ -78,12 +80,9 @@ def main(mode: str, out_dir: Path) -> None:
     collective, _ = resolve_strategy("auto", torch.device("cpu"), "ddp_worker")
     rank, world = collective.rank, collective.world_size
     if mode == "step":
-        X = digits(STEP_IMAGES)
         results = {}
         for name, make in STEP_ESTIMATORS.items():
-            _, _, images = build(make(), X)
-            mine = images.chunk(world)[rank]
-            result = one_step(make(), mine, collective)
+            result = one_step(make(), collective)
             for values in (result["parts"], {"loss": result["loss"]}):
                 for value in values.values():
                     collective.mean_(value)
