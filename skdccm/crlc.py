@@ -69,9 +69,9 @@ SMALL_IMAGE = 16
 def resolve_backbone(spec: Any, sample_shape: tuple[int, ...]) -> Any:
     """``"auto"``: an MLP for flat features and images under 16 pixels a side, else the CNN.
 
-    On scikit-learn's 8x8 digits the small CNN learned far less per second than an MLP on
-    the 64 pixels (same settings otherwise: ACC 0.56 after 20 epochs, against 0.84 after 40
-    epochs that took half the time).
+    On scikit-learn's 8x8 digits the shallow AlexNet (``"conv"``) learned far less per
+    second than an MLP on the 64 pixels (same settings otherwise: ACC 0.56 after 20 epochs,
+    against 0.84 after 40 epochs that took half the time).
 
     Parameters
     ----------
@@ -284,12 +284,11 @@ class CRLCClustering(DeepClusteringBase):
       augmentations do not apply to them.
 
     Differences in ``"default"`` only: ``backbone="auto"`` (an MLP for flat features and
-    images under 16 pixels a side, the small CNN otherwise) instead of ResNet-34; Adam with
-    learning rate 2e-3 and a cosine schedule instead of constant-rate SGD at 0.1; no weight
-    decay; batches of 128 and 40 epochs instead of 512 and 2000. On scikit-learn's 1,797
-    digits, with two CPU threads, this reaches ACC 0.953, 0.956 and 0.974 with seeds 0, 1
-    and 2 in 30 to 42 seconds per fit (KMeans: 0.79); 30 epochs give ACC 0.948 on average
-    in three quarters of the time.
+    images under 16 pixels a side, the shallow AlexNet ``"conv"`` otherwise) instead of
+    ResNet-34; Adam with learning rate 2e-3 and a cosine schedule instead of constant-rate
+    SGD at 0.1; no weight decay; batches of 128 and 40 epochs instead of 512 and 2000. On
+    scikit-learn's 1,797 digits, with two CPU threads, this reaches ACC 0.943, 0.945 and
+    0.948 with seeds 0, 1 and 2 in about 32 seconds per fit (KMeans: 0.79; BENCHMARKS.md).
 
     Parameters
     ----------
@@ -297,12 +296,12 @@ class CRLCClustering(DeepClusteringBase):
         Number of clusters K (width of every sub-head).
     preset : {"default", "paper"}, default="default"
         Source of every parameter left as None.
-    backbone : {"auto", "conv", "mlp", "resnet18", "resnet34"}, nn.Module class or \
-instance, default=None
+    backbone : {"auto", "conv", "small", "mlp", "resnet18", "resnet34"}, nn.Module \
+class or instance, default=None
         Feature extractor returning ``(shallow map, feature vector)``; CRLC reads the
         vector. ``"auto"``: an MLP for flat features and images under 16 pixels a side,
-        the small CNN sized to the images otherwise. Paper: ``"resnet34"`` (CIFAR stem);
-        default: ``"auto"``.
+        the shallow AlexNet (``"conv"``) sized to the images otherwise. Paper:
+        ``"resnet34"`` (CIFAR stem); default: ``"auto"``.
     backbone_params : dict, default=None
         Keyword arguments for a backbone class.
     backbone_weights : dict or str, default=None

@@ -12,7 +12,7 @@ import torch
 
 import skdccm.dccm as dccm_module
 from skdccm.dccm import PRESETS
-from skdccm.networks import DCCMNetwork
+from skdccm.networks import DCCMNetwork, ShallowAlexNet, SmallCNN
 
 #: Sizes that keep the paper and code presets (10 passes, 2 draws, 1000 per target batch)
 #: tiny; every other preset value is left to the preset.
@@ -315,3 +315,18 @@ def test_flat_features_use_the_mlp_without_augmentation(make_dccm, X, count_view
     assert est.input_shape_ == (64,)
     assert count_views == []                      # "auto": no image augmentation
     assert est.transform(flat).shape == (48, 64)
+
+
+@pytest.mark.parametrize(("preset", "shape", "expected"), [
+    ("default", (28, 28), SmallCNN),          # grey, 24 pixels or more: the small CNN
+    ("default", (1, 24, 24), SmallCNN),
+    ("default", (23, 23), ShallowAlexNet),    # smaller grey images keep the paper's network
+    ("default", (24, 24, 3), ShallowAlexNet),  # so do colour images
+    ("paper", (28, 28), ShallowAlexNet),      # and the paper and code presets
+    ("code", (28, 28), ShallowAlexNet),
+])
+def test_auto_backbone_depends_on_preset_and_image(make_dccm, preset, shape, expected):
+    images = np.random.default_rng(0).integers(0, 256, size=(40, *shape), dtype=np.uint8)
+    est = make_dccm(preset=preset, **TINY_LOOP).fit(images)
+    assert type(est.module_.backbone) is expected
+    assert est.transform(images[:3]).shape == (3, 64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -14,6 +15,7 @@ from skdccm.networks import (
     MIDiscriminator,
     ResNet,
     ShallowAlexNet,
+    SmallCNN,
     build_backbone,
     infer_output_shapes,
     init_kaiming_,
@@ -129,6 +131,20 @@ def test_resnet_shapes_and_size(name, n_params):
 def test_resnet_on_grey_images():
     shallow, features = build_backbone("resnet18", (1, 16, 16))(torch.rand(2, 1, 16, 16))
     assert shallow.shape == (2, 64, 16, 16) and features.shape == (2, 512)
+
+
+@pytest.mark.parametrize(("size", "shallow_side", "channels"), [(28, 14, 1), (16, 8, 1),
+                                                                  (8, 4, 1), (9, 4, 3)])
+def test_small_cnn_shapes_and_size(size, shallow_side, channels):
+    backbone = build_backbone("small", (channels, size, size))
+    assert isinstance(backbone, SmallCNN)
+    # Four 3x3 convolutions without bias (BatchNorm follows) and four BatchNorms.
+    widths = (channels, 16, 32, 64, 128)
+    n_params = sum(9 * a * b + 2 * b for a, b in itertools.pairwise(widths))
+    assert sum(p.numel() for p in backbone.parameters()) == n_params
+    shallow, features = backbone(torch.rand(2, channels, size, size))
+    assert shallow.shape == (2, 16, shallow_side, shallow_side)
+    assert features.shape == (2, 128)
 
 
 def test_mi_discriminator_shape_and_locality():

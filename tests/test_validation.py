@@ -183,8 +183,8 @@ def test_non_numbers_are_type_errors(params, images, tiny):
 
 @pytest.mark.parametrize(("params", "match"), [
     ({"preset": "fast"}, r"unknown preset 'fast'; choose one of 'paper', 'code', 'default'"),
-    ({"backbone": "vgg"}, r"unknown backbone 'vgg'; choose one of 'auto', 'conv', 'mlp', "
-                          r"'resnet18', 'resnet34'"),
+    ({"backbone": "vgg"}, r"unknown backbone 'vgg'; choose one of 'auto', 'conv', 'small', "
+                          r"'mlp', 'resnet18', 'resnet34'"),
     ({"augmentation": "strong"}, r"unknown augmentation 'strong'; choose one of 'auto', "
                                  r"'cifar', 'mild', 'digits', 'none'"),
     ({"optimizer": "lbfgs"}, r"unknown optimizer 'lbfgs'; choose 'rmsprop', 'adam', "
