@@ -318,9 +318,9 @@ def test_flat_features_use_the_mlp_without_augmentation(make_dccm, X, count_view
 
 
 @pytest.mark.parametrize(("preset", "shape", "expected"), [
-    ("default", (28, 28), SmallCNN),          # grey, 24 pixels or more: the small CNN
-    ("default", (1, 24, 24), SmallCNN),
-    ("default", (23, 23), ShallowAlexNet),    # smaller grey images keep the paper's network
+    ("default", (28, 28), SmallCNN),          # grey, 16 pixels or more: the small CNN
+    ("default", (1, 16, 16), SmallCNN),
+    ("default", (15, 15), ShallowAlexNet),    # smaller grey images keep the paper's network
     ("default", (24, 24, 3), ShallowAlexNet),  # so do colour images
     ("paper", (28, 28), ShallowAlexNet),      # and the paper and code presets
     ("code", (28, 28), ShallowAlexNet),
