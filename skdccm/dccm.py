@@ -86,8 +86,7 @@ def resolve_backbone(spec: Any, sample_shape: tuple[int, ...], preset: str) -> A
     Default preset, 2 CPU cores, seed 0: on MNIST 5k (28x28) the small CNN reached ACC 0.976
     in 451 s where the shallow AlexNet reached 0.810 in 1,269 s; on USPS (16x16) 0.905 in
     232 s against 0.757 in 989 s; on the 8x8 digits it did worse (BENCHMARKS.md), hence the
-    size limit. The ``"paper"`` and ``"code"`` presets keep
-    the released network.
+    size limit. The ``"paper"`` and ``"code"`` presets keep the released network.
 
     Parameters
     ----------
