@@ -102,12 +102,7 @@ class DeepClusteringBase(
         layout = _with_range(layout, (-bounds[0], bounds[1]))
         source.layout = layout
 
-        # Initialisation draws from torch's global RNG: fork it so the user's stream is untouched.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            module, objective = self._build(layout, params)
-        module.to(device)
-        objective.to(device)
+        module, objective = self._seeded_build(layout, params, seed, device)
 
         spec = self._train_spec(params, n_samples, layout)
         generator = torch.Generator().manual_seed(seed)
@@ -216,6 +211,15 @@ class DeepClusteringBase(
 
     def _build(self, layout: InputLayout, params: dict[str, Any]) -> tuple[nn.Module, nn.Module]:
         raise NotImplementedError
+
+    def _seeded_build(self, layout: InputLayout, params: dict[str, Any], seed: int,
+                      device: torch.device) -> tuple[nn.Module, nn.Module]:
+        """``_build`` with its initialisation seeded by ``seed``, moved to ``device``."""
+        # Initialisation draws from torch's global RNG: fork it so the user's stream is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module, objective = self._build(layout, params)
+        return module.to(device), objective.to(device)
 
     def _train_spec(self, params: dict[str, Any], n_samples: int,
                     layout: InputLayout) -> TrainSpec:

@@ -9,14 +9,17 @@ views (Eq. 15).
 from __future__ import annotations
 
 import numbers
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .augment import AffineAugmentation, dccm_view, resolve_affine
-from .base import DeepClusteringBase
-from .data import InputLayout
+from .base import DeepClusteringBase, _as_list
+from .data import ArraySource, InputLayout
 from .distributed import SINGLE_PROCESS, Collective
 from .losses import (
     balance_loss,
@@ -35,7 +38,7 @@ from .networks import (
     make_backbone,
     use_batch_statistics,
 )
-from .training import ChunkTargets, StepResult, TrainSpec
+from .training import CHECKPOINT_NAME, ChunkTargets, StepResult, TrainResult, TrainSpec, train
 
 #: The paper's ablation study (Table 3): which loss families each model uses.
 ABLATIONS = {
@@ -51,7 +54,7 @@ _PAPER = {
     "learning_rate": 1e-4, "lr_schedule": "constant", "weight_decay": 0.0,
     "alpha": 5.0, "beta": 0.1, "graph_threshold": 0.95, "confidence_threshold": 0.9,
     "pseudo_label_loss": "ce", "original_view_loss": True, "balance_weight": 0.0,
-    "bn_batch_stats": True, "n_negatives": 2, "mi_hidden": 512,
+    "bn_batch_stats": True, "n_negatives": 2, "mi_hidden": 512, "n_init": 1, "init_iter": 5,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -73,6 +76,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "bn_batch_stats": False, "mi_hidden": 128},
 }
 
+
+#: Distance between the seeds of successive initialisations (``n_init``); a prime, so that
+#: the trials of nearby ``random_state`` values do not share seeds.
+INIT_SEED_STRIDE = 7919
 
 #: Grey images at least this many pixels a side get the small CNN under ``backbone="auto"``
 #: in the ``"default"`` preset.
@@ -308,6 +315,15 @@ or instance
         when the last axis is 1, 3 or 4.
     max_iter : int, default=None
         Epochs (passes of the target-batch loop over the data). Paper: 200; default: 25.
+    n_init : int, default=None
+        Initialisations tried (paper: 1). Each trains for ``init_iter`` epochs with its
+        own seed; the one with the lowest training loss in its last such epoch trains on to
+        ``max_iter`` epochs, the others are dropped. No label is used: the choice is the
+        objective's own, as KMeans keeps the run of lowest inertia. The fit costs about
+        ``max_iter + (n_init - 1) * init_iter`` epochs.
+    init_iter : int, default=None
+        Epochs of each initialisation before the choice (5). At ``max_iter`` or more, every
+        initialisation is a whole run and the best one is kept.
     batch_size : int, default=None
         Minibatch size of the gradient steps. Paper: 32; default: 128.
     target_batch_size : int, default=None
@@ -400,7 +416,12 @@ or instance
         samples), ``graph_positive`` (share of linked pairs), ``cluster_sizes``,
         ``cluster_min``/``cluster_max`` (shares), ``label_change``, ``lr``, ``seconds``.
     n_iter_ : int
-        Epochs run.
+        Epochs run (by the kept initialisation).
+    init_losses_ : ndarray of shape (n_init,)
+        Training loss of each initialisation in its epoch ``init_iter`` (after resuming
+        from a checkpoint, that of the resumed run only).
+    best_init_ : int
+        Index of the kept initialisation in ``init_losses_``.
     n_features_in_ : int
         Features seen in ``fit`` (scikit-learn's count; for 3-D/4-D input, ``shape[1]``).
     feature_names_in_ : ndarray of shape (``n_features_in_``,)
@@ -441,6 +462,8 @@ or instance
         image_shape: tuple[int, ...] | None = None,
         channels: str | None = None,
         max_iter: int | None = None,
+        n_init: int | None = None,
+        init_iter: int | None = None,
         batch_size: int | None = None,
         target_batch_size: int | None = None,
         passes_per_target: int | None = None,
@@ -481,6 +504,8 @@ or instance
         self.image_shape = image_shape
         self.channels = channels
         self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_iter = init_iter
         self.batch_size = batch_size
         self.target_batch_size = target_batch_size
         self.passes_per_target = passes_per_target
@@ -533,7 +558,7 @@ or instance
             if params[key] < 0:
                 raise ValueError(f"{name}: {key}={params[key]!r} must be >= 0")
         for key in ("target_batch_size", "passes_per_target", "draws_per_batch", "n_negatives",
-                    "mi_hidden"):
+                    "mi_hidden", "n_init", "init_iter"):
             if (not isinstance(params[key], numbers.Integral) or isinstance(params[key], bool)
                     or params[key] < 1):
                 raise ValueError(f"{name}: {key}={params[key]!r} must be a positive int")
@@ -579,6 +604,56 @@ or instance
             checkpoint_every=self.checkpoint_every, resume=self.resume,
             verbose=int(self.verbose), fingerprint=self._fingerprint(layout, params),
         )
+
+    def _run_training(self, module: nn.Module, objective: nn.Module, source: ArraySource,
+                      spec: TrainSpec, params: dict[str, Any], generator: torch.Generator,
+                      device_generator: torch.Generator,
+                      collective: Collective = SINGLE_PROCESS) -> TrainResult:
+        """Train ``n_init`` initialisations for ``init_iter`` epochs each, then go on with
+        the one whose training loss was lowest (label-free, like KMeans' inertia)."""
+        callbacks = _as_list(self.callbacks)
+        n_init, init_iter = params["n_init"], min(params["init_iter"], spec.max_epochs)
+        resuming = (spec.resume and spec.checkpoint_dir is not None
+                    and (Path(spec.checkpoint_dir) / CHECKPOINT_NAME).exists())
+        if n_init == 1 or resuming:  # a checkpoint is always of the chosen initialisation
+            result = train(module, objective, source, spec, generator, device_generator,
+                           callbacks=callbacks, owner=self, collective=collective)
+            self.init_losses_ = np.array([result.history[min(init_iter, result.n_epochs) - 1]
+                                          ["loss"]]) if result.history else np.array([])
+            self.best_init_ = 0
+            return result
+
+        # Trials keep no checkpoint and never stop on tol: only the chosen run does.
+        trial_spec = replace(spec, checkpoint_dir=None, tol=0.0)
+        seed = generator.initial_seed()
+        losses: list[float] = []
+        best: tuple[TrainResult, torch.Generator, torch.Generator] | None = None
+        for i in range(n_init):
+            if i > 0:
+                trial_seed = (seed + i * INIT_SEED_STRIDE) % (2**31 - 1)
+                module, objective = self._seeded_build(source.layout, params, trial_seed,
+                                                       source.device)
+                generator = torch.Generator().manual_seed(trial_seed)
+                device_generator = torch.Generator(device=source.device).manual_seed(
+                    trial_seed + 1)
+            result = train(module, objective, source, trial_spec, generator, device_generator,
+                           owner=self, collective=collective, stop_after=init_iter)
+            if result.interrupted:
+                return result
+            losses.append(result.history[-1]["loss"])
+            if self.verbose and collective.is_main:
+                print(f"initialisation {i + 1}/{n_init}: loss {losses[-1]:.4f} after "
+                      f"{init_iter} epochs", flush=True)
+            if best is None or losses[-1] < min(losses[:-1]):
+                best = (result, generator, device_generator)
+        self.init_losses_ = np.array(losses)
+        self.best_init_ = int(np.argmin(losses))
+        chosen, generator, device_generator = best
+        if chosen.state is None:  # init_iter == max_iter: the trials were whole runs
+            return chosen
+        return train(chosen.module, chosen.objective, source, spec, generator,
+                     device_generator, callbacks=callbacks, owner=self, collective=collective,
+                     state=chosen.state)
 
     def _infer(self, module: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
         out = module(batch)

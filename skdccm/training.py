@@ -100,6 +100,9 @@ class TrainResult:
     n_epochs: int
     interrupted: bool = False
     stopped_by: str | None = None
+    #: After ``stop_after``: the loop's state (optimiser, generators, epoch, history), from
+    #: which ``train(..., state=...)`` continues the same run.
+    state: dict[str, Any] | None = None
 
 
 class EarlyStop(Exception):
@@ -275,6 +278,8 @@ def train(
     callbacks: Sequence[Callable[..., Any]] = (),
     owner: Any = None,
     collective: Collective = SINGLE_PROCESS,
+    stop_after: int | None = None,
+    state: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``module`` (and the ``objective``'s own parameters) on ``data``.
 
@@ -298,6 +303,13 @@ def train(
     collective : Collective
         Data-parallel communication (:mod:`skdccm.distributed`); one process by default.
         ``data`` is then this rank's shard and ``spec``'s sizes are global.
+    stop_after : int, optional
+        Pause after this many epochs (the schedule still spans ``spec.max_epochs``) and
+        return the loop's state in ``TrainResult.state``, with the module left in training
+        mode and its BatchNorm statistics as they are.
+    state : dict, optional
+        A ``TrainResult.state`` of this module and objective: continue that run. Takes
+        precedence over a checkpoint.
 
     Returns
     -------
@@ -307,7 +319,8 @@ def train(
     """
     with global_batchnorm(module, collective):
         return _train(module, objective, data, _local_sizes(spec, collective.world_size),
-                      generator, device_generator, callbacks, owner, collective)
+                      generator, device_generator, callbacks, owner, collective,
+                      stop_after, state)
 
 
 def _local_sizes(spec: TrainSpec, world_size: int) -> TrainSpec:
@@ -338,7 +351,8 @@ class ObjectiveStep(nn.Module):
 def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: TrainSpec,
            generator: torch.Generator, device_generator: torch.Generator,
            callbacks: Sequence[Callable[..., Any]], owner: Any,
-           collective: Collective) -> TrainResult:
+           collective: Collective, stop_after: int | None = None,
+           state: dict[str, Any] | None = None) -> TrainResult:
     device = data.device
     n = len(data)
     params = [p for p in (*module.parameters(), *objective.parameters()) if p.requires_grad]
@@ -362,8 +376,10 @@ def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: Tra
     start_epoch = 0
     previous_labels: Tensor | None = None
     ckpt_path = Path(spec.checkpoint_dir) / CHECKPOINT_NAME if spec.checkpoint_dir else None
-    if spec.resume and ckpt_path is not None and ckpt_path.exists():
+    if state is None and spec.resume and ckpt_path is not None and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, spec.fingerprint)
+        logger.info("resuming from %s after epoch %d", ckpt_path, int(state["epoch"]))
+    if state is not None:
         module.load_state_dict(state["module"])
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
@@ -372,16 +388,16 @@ def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: Tra
         history = list(state["history"])
         start_epoch = int(state["epoch"])
         previous_labels = state["labels"].to(device)
-        logger.info("resumed from %s after epoch %d", ckpt_path, start_epoch)
 
     last_good = _snapshot(module, objective)
     interrupted, stopped_by = False, None
+    end_epoch = spec.max_epochs if stop_after is None else min(stop_after, spec.max_epochs)
     step = start_epoch * per_epoch
     epoch = start_epoch
     module.train()
     objective.train()
     try:
-        for epoch in range(start_epoch, spec.max_epochs):
+        for epoch in range(start_epoch, end_epoch):
             tic = time.perf_counter()
             collective.start_epoch(epoch, device_generator.initial_seed())
             sums: dict[str, Tensor] = {}
@@ -436,7 +452,7 @@ def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: Tra
             previous_labels = labels
             history.append(record)
             _snapshot_into(last_good, module, objective)
-            is_last = epoch + 1 == spec.max_epochs
+            is_last = epoch + 1 == end_epoch
             stop = _tol_reached(record, spec.tol)
             if stop:
                 stopped_by = f"label change {record['label_change']:.4%} <= tol={spec.tol}"
@@ -446,13 +462,9 @@ def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: Tra
                 report(record, spec, last=is_last or stop)
             if collective.is_main and ckpt_path is not None and (
                     (epoch + 1) % spec.checkpoint_every == 0 or is_last or stop):
-                save_checkpoint(ckpt_path, {
-                    "format": CHECKPOINT_FORMAT, "version": 1, "fingerprint": spec.fingerprint,
-                    "epoch": epoch + 1, "module": module.state_dict(),
-                    "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
-                    "rng": generator.get_state(), "device_rng": device_generator.get_state(),
-                    "history": history, "labels": labels.cpu(),
-                })
+                save_checkpoint(ckpt_path, _loop_state(spec, epoch, module, objective,
+                                                       optimizer, generator,
+                                                       device_generator, history, labels))
             if stop:
                 break
     except KeyboardInterrupt:
@@ -466,10 +478,30 @@ def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: Tra
         )
     if channels_last:
         module.to(memory_format=torch.contiguous_format)
+    if stop_after is not None and not interrupted and stopped_by is None and history \
+            and len(history) < spec.max_epochs:
+        # A pause, not an end: the caller may continue this run from its state.
+        paused = _loop_state(spec, len(history) - 1, module, objective, optimizer, generator,
+                             device_generator, history, previous_labels)
+        return TrainResult(module, objective, history, len(history), state=paused)
     refresh_batchnorm_statistics(module, data, spec.batch_size)
     module.eval()
     objective.eval()
     return TrainResult(module, objective, history, len(history), interrupted, stopped_by)
+
+
+def _loop_state(spec: TrainSpec, epoch: int, module: nn.Module, objective: nn.Module,
+                optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                device_generator: torch.Generator, history: list[dict[str, Any]],
+                labels: Tensor) -> dict[str, Any]:
+    """What continues a run after ``epoch`` (0-based): a checkpoint's contents."""
+    return {
+        "format": CHECKPOINT_FORMAT, "version": 1, "fingerprint": spec.fingerprint,
+        "epoch": epoch + 1, "module": module.state_dict(),
+        "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
+        "rng": generator.get_state(), "device_rng": device_generator.get_state(),
+        "history": list(history), "labels": labels.cpu(),
+    }
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):

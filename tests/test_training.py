@@ -349,6 +349,65 @@ def test_interrupt_in_the_first_epoch_leaves_nothing_fitted(make, X, monkeypatch
 
 
 # ---------------------------------------------------------------------------------------
+# several initialisations (n_init)
+# ---------------------------------------------------------------------------------------
+
+
+def test_n_init_goes_on_with_the_initialisation_of_lowest_loss(make_full, X):
+    est = make_full(n_init=3, init_iter=1, max_iter=3).fit(X)
+    assert est.init_losses_.shape == (3,)
+    assert len(set(est.init_losses_.tolist())) == 3          # three different trials
+    assert est.best_init_ == int(np.argmin(est.init_losses_))
+    # The kept run is the chosen trial, continued: its first epoch is that trial's.
+    assert est.history_[0]["loss"] == est.init_losses_[est.best_init_]
+    assert est.n_iter_ == 3 and [r["epoch"] for r in est.history_] == [1, 2, 3]
+    assert_same_fit(est, make_full(n_init=3, init_iter=1, max_iter=3).fit(X))
+
+
+def test_a_paused_and_continued_trial_matches_an_uninterrupted_run(make_full, X,
+                                                                   monkeypatch):
+    # Stride 0: every trial has the first one's seed, so the first (kept on ties) is paused
+    # after one epoch and continued; a cosine schedule, optimiser state and generators must
+    # carry over exactly.
+    monkeypatch.setattr(dccm_module, "INIT_SEED_STRIDE", 0)
+    continued = make_full(n_init=2, init_iter=1, max_iter=3).fit(X)
+    assert continued.init_losses_[0] == continued.init_losses_[1]
+    assert continued.best_init_ == 0
+    assert_same_fit(continued, make_full(max_iter=3).fit(X))
+
+
+def test_init_iter_of_max_iter_or_more_keeps_the_best_whole_run(make_full, X):
+    est = make_full(n_init=2, init_iter=5, max_iter=2).fit(X)
+    assert est.n_iter_ == 2
+    assert est.history_[-1]["loss"] == est.init_losses_[est.best_init_] == \
+        est.init_losses_.min()
+
+
+def test_n_init_checkpoints_the_kept_run_only(make_full, X, tmp_path):
+    est = make_full(n_init=2, init_iter=1, max_iter=2, checkpoint_dir=str(tmp_path)).fit(X)
+    saved = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert saved["epoch"] == 2
+    assert [r["loss"] for r in saved["history"]] == [r["loss"] for r in est.history_]
+    # Resuming a finished run neither retries the initialisations nor trains further.
+    resumed = make_full(n_init=2, init_iter=1, max_iter=2, checkpoint_dir=str(tmp_path),
+                        resume=True).fit(X)
+    assert_same_fit(resumed, est)
+
+
+def test_one_initialisation_reports_its_loss_at_init_iter(make_full, X):
+    est = make_full(max_iter=3, init_iter=2).fit(X)
+    assert est.best_init_ == 0
+    np.testing.assert_array_equal(est.init_losses_, [est.history_[1]["loss"]])
+
+
+def test_n_init_announces_each_trial_when_verbose(make_full, X, capsys):
+    make_full(n_init=2, init_iter=1, max_iter=2, verbose=2).fit(X)
+    out = capsys.readouterr().out
+    assert re.search(r"initialisation 1/2: loss \d+\.\d+ after 1 epochs", out)
+    assert "initialisation 2/2" in out
+
+
+# ---------------------------------------------------------------------------------------
 # divergence
 # ---------------------------------------------------------------------------------------
 

@@ -136,7 +136,7 @@ def test_equivalent_forms_after_fit_are_accepted(fitted, images):
     {"batch_size": 0}, {"batch_size": -4}, {"batch_size": 2.5}, {"batch_size": True},
     {"max_iter": -1}, {"max_iter": 0}, {"max_iter": 2.0}, {"target_batch_size": 0},
     {"passes_per_target": 0}, {"draws_per_batch": -2}, {"n_negatives": 0}, {"mi_hidden": 0},
-    {"predict_batch_size": 0}, {"checkpoint_every": 0},
+    {"predict_batch_size": 0}, {"checkpoint_every": 0}, {"n_init": 0}, {"init_iter": 1.5},
 ])
 def test_sizes_must_be_positive_ints(params, images, tiny):
     (key, value), = params.items()
