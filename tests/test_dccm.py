@@ -165,7 +165,6 @@ PAPER_VALUES = {
     "weight_decay": 0.0, "alpha": 5.0, "beta": 0.1, "graph_threshold": 0.95,
     "confidence_threshold": 0.9, "pseudo_label_loss": "ce", "original_view_loss": True,
     "balance_weight": 0.0, "bn_batch_stats": True, "n_negatives": 2, "mi_hidden": 512,
-    "n_init": 1, "init_iter": 5,
 }
 
 
@@ -233,7 +232,7 @@ def test_ablations_use_exactly_their_loss_parts(make_dccm, X, count_views, ablat
 
 
 @pytest.mark.parametrize(("params", "width"), [
-    ({"mi_hidden": 24}, 24), ({"preset": "paper"}, 512), ({}, 128),
+    ({"mi_hidden": 24}, 24), ({"preset": "paper"}, 512), ({}, 64),
 ])
 def test_mi_hidden_sets_the_discriminator_width(make_dccm, X, monkeypatch, params, width):
     built = []

@@ -398,6 +398,14 @@ def test_one_initialisation_reports_its_loss_at_init_iter(make_full, X):
     est = make_full(max_iter=3, init_iter=2).fit(X)
     assert est.best_init_ == 0
     np.testing.assert_array_equal(est.init_losses_, [est.history_[1]["loss"]])
+    whole = make_full(max_iter=3).fit(X)          # init_iter=None: whole runs
+    np.testing.assert_array_equal(whole.init_losses_, [whole.history_[-1]["loss"]])
+
+
+def test_n_init_defaults_to_whole_runs(make_full, X):
+    est = make_full(n_init=2, max_iter=2).fit(X)
+    assert est.n_iter_ == 2
+    assert est.history_[-1]["loss"] == est.init_losses_.min()
 
 
 def test_n_init_announces_each_trial_when_verbose(make_full, X, capsys):
