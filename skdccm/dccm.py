@@ -38,7 +38,15 @@ from .networks import (
     make_backbone,
     use_batch_statistics,
 )
-from .training import CHECKPOINT_NAME, ChunkTargets, StepResult, TrainResult, TrainSpec, train
+from .training import (
+    CHECKPOINT_NAME,
+    ChunkTargets,
+    StepResult,
+    TrainResult,
+    TrainSpec,
+    refresh_batchnorm_statistics,
+    train,
+)
 
 #: The paper's ablation study (Table 3): which loss families each model uses.
 ABLATIONS = {
@@ -647,8 +655,8 @@ or instance
                     trial_seed + 1)
             result = train(module, objective, source, trial_spec, generator, device_generator,
                            owner=self, collective=collective, stop_after=init_iter)
-            if result.interrupted:
-                return result
+            if result.interrupted:  # Ctrl-C: keep the best complete trial, if any
+                return self._end_trials_early(result, best, losses, source, spec.batch_size)
             losses.append(result.history[-1]["loss"])
             if self.verbose and collective.is_main:
                 print(f"initialisation {i + 1}/{n_init}: loss {losses[-1]:.4f} after "
@@ -663,6 +671,23 @@ or instance
         return train(chosen.module, chosen.objective, source, spec, generator,
                      device_generator, callbacks=callbacks, owner=self, collective=collective,
                      state=chosen.state)
+
+    def _end_trials_early(self, interrupted: TrainResult,
+                          best: tuple[TrainResult, Any, Any] | None, losses: list[float],
+                          source: ArraySource, batch_size: int) -> TrainResult:
+        """The result of a fit interrupted during the trials of ``n_init``."""
+        if best is None:
+            self.init_losses_ = np.array([r["loss"] for r in interrupted.history[-1:]])
+            self.best_init_ = 0
+            return interrupted
+        self.init_losses_ = np.array(losses)
+        self.best_init_ = int(np.argmin(losses))
+        kept = best[0]
+        if kept.state is not None:  # paused after init_iter epochs: finish it as train() would
+            refresh_batchnorm_statistics(kept.module, source, batch_size)
+            kept.module.eval()
+            kept.objective.eval()
+        return replace(kept, interrupted=True, state=None)
 
     def _infer(self, module: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
         out = module(batch)

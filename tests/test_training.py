@@ -408,6 +408,27 @@ def test_n_init_defaults_to_whole_runs(make_full, X):
     assert est.history_[-1]["loss"] == est.init_losses_.min()
 
 
+def test_interrupt_during_a_later_trial_keeps_the_best_complete_one(make_full, X,
+                                                                     monkeypatch):
+    calls = []
+    original = DCCMObjective.step
+
+    def step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:                 # 32 images in minibatches of 16: trial 2 begins
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DCCMObjective, "step", step)
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        est = make_full(n_init=2, init_iter=1, max_iter=3).fit(X)
+    monkeypatch.setattr(DCCMObjective, "step", original)
+    assert est.best_init_ == 0 and est.init_losses_.shape == (1,)
+    assert est.n_iter_ == 1 and est.history_[0]["loss"] == est.init_losses_[0]
+    assert not est.module_.training
+    np.testing.assert_array_equal(est.predict(X), est.labels_)
+
+
 def test_n_init_announces_each_trial_when_verbose(make_full, X, capsys):
     make_full(n_init=2, init_iter=1, max_iter=2, verbose=2).fit(X)
     out = capsys.readouterr().out
