@@ -7,6 +7,10 @@ loss meaning higher ACC) and the mean ACC that keeping the lowest-loss run of ev
 of ``--group`` runs would give (over all such groups of the seeds run), beside the mean of
 single runs and the oracle (the best ACC of each group). Labels are read only to score.
 
+A second table does the same for label-free scores of the trained model, computed after
+training on the data without augmentation (see :func:`label_free_scores`): candidates for
+choosing among initialisations once they have all finished.
+
 Usage::
 
     python benchmarks/init_selection.py --dataset digits --seeds 8 \
@@ -25,9 +29,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.stats import spearmanr
 
 from skdccm import DCCMClustering
+from skdccm.augment import dccm_view, resolve_affine
 from skdccm.datasets import load_dataset
 from skdccm.metrics import clustering_accuracy
 
@@ -43,6 +49,50 @@ def selection_table(accs: np.ndarray, losses: np.ndarray, group: int) -> list[di
         at = losses[:, epoch]
         chosen = [accs[g][np.argmin(at[g])] for g in groups]
         rows.append({"epoch": epoch + 1, "spearman": float(spearmanr(at, accs)[0]),
+                     "chosen_mean": float(np.mean(chosen)), "chosen_min": float(np.min(chosen))})
+    return rows
+
+
+#: Seed of the augmented views that :func:`label_free_scores` compares predictions on.
+VIEW_SEED = 0
+
+
+def label_free_scores(est: DCCMClustering, X: np.ndarray, n_views: int = 4) -> dict[str, float]:
+    """Scores of a fitted model that use no label; higher is better for each.
+
+    - ``confidence``: mean largest cluster probability on the data.
+    - ``stability``: share of samples whose cluster on an augmented view (the fit's own
+      augmentation, ``n_views`` draws with a fixed seed) is their cluster on the data.
+    - ``balance``: entropy of the cluster sizes over log(K) (1 for equal sizes).
+    - ``low_final_loss``: minus the training loss at the last epoch.
+    """
+    proba = est.predict_proba(X)
+    labels = proba.argmax(axis=1)
+    images = torch.as_tensor(np.asarray(X, dtype=np.float32)).reshape(len(X), *est.input_shape_)
+    config = resolve_affine(est.augmentation, est.input_shape_)
+    value_range = (float(images.min()), float(images.max()))
+    generator = torch.Generator().manual_seed(VIEW_SEED)
+    agreement = []
+    for _ in range(n_views):
+        view = dccm_view(images, config, value_range, generator).reshape(np.shape(X)).numpy()
+        if np.asarray(X).dtype == np.uint8:
+            view = np.clip(np.rint(view), 0, 255).astype(np.uint8)
+        agreement.append(np.mean(est.predict(view) == labels))
+    shares = np.bincount(labels, minlength=proba.shape[1]) / len(labels)
+    shares = shares[shares > 0]
+    return {"confidence": float(proba.max(axis=1).mean()),
+            "stability": float(np.mean(agreement)),
+            "balance": float(-(shares * np.log(shares)).sum() / np.log(proba.shape[1])),
+            "low_final_loss": -float(est.history_[-1]["loss"])}
+
+
+def score_table(accs: np.ndarray, scores: dict[str, np.ndarray], group: int) -> list[dict]:
+    """Per score: Spearman(score, ACC) and the mean ACC of the highest-scoring run per group."""
+    groups = [list(g) for g in itertools.combinations(range(len(accs)), group)]
+    rows = []
+    for name, values in scores.items():
+        chosen = [accs[g][np.argmax(values[g])] for g in groups]
+        rows.append({"score": name, "spearman": float(spearmanr(values, accs)[0]),
                      "chosen_mean": float(np.mean(chosen)), "chosen_min": float(np.min(chosen))})
     return rows
 
@@ -72,9 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     for seed in range(args.seeds):
         start = time.perf_counter()
         est = DCCMClustering(n_clusters=n_clusters, random_state=seed, **params).fit(X)
+        seconds = time.perf_counter() - start
         runs.append({"seed": seed, "acc": clustering_accuracy(y, est.labels_),
                      "losses": [record["loss"] for record in est.history_],
-                     "seconds": time.perf_counter() - start})
+                     "seconds": seconds, "scores": label_free_scores(est, X)})
         print(f"seed {seed}: ACC {runs[-1]['acc']:.3f}, final loss "
               f"{runs[-1]['losses'][-1]:.3f}, {runs[-1]['seconds']:.1f} s", flush=True)
 
@@ -90,6 +141,11 @@ def main(argv: list[str] | None = None) -> None:
              "(mean / min) |", "| ---: | ---: | ---: |"]
     lines += [f"| {r['epoch']} | {r['spearman']:.2f} | {r['chosen_mean']:.3f} / "
               f"{r['chosen_min']:.3f} |" for r in rows]
+    scores = {name: np.array([run["scores"][name] for run in runs]) for name in runs[0]["scores"]}
+    lines += ["", f"| score after training | Spearman(score, ACC) | ACC kept, best of "
+              f"{args.group} by score (mean / min) |", "| --- | ---: | ---: |"]
+    lines += [f"| {r['score']} | {r['spearman']:.2f} | {r['chosen_mean']:.3f} / "
+              f"{r['chosen_min']:.3f} |" for r in score_table(accs, scores, args.group)]
     print("\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "runs.json").write_text(json.dumps(runs, indent=1))
