@@ -4,7 +4,8 @@ Each configuration is one fit of ``CRLCClustering`` (default preset, seed 0 unle
 ``--seed``), scored against the labels afterwards; no label is used to train or choose.
 The "cnn16" configurations use :class:`skdccm.networks.SmallCNN` (16-32-64-128 channels,
 about a tenth of the default ``"conv"`` backbone's FLOPs per image on 28x28 images), tried
-as a cheaper network for CRLC on grey digits.
+as a cheaper network for CRLC on grey digits; the "small" ones use the library's
+``backbone="small"`` (the same network with its Kaiming initialisation).
 
 Usage::
 
@@ -45,6 +46,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mlp-40": {"backbone": "mlp", "max_iter": 40},
     "mlp-strong-views-40": {"backbone": "mlp", "max_iter": 40,
                             "augmentation": digit_views((0.2, 1.0), 30.0)},
+    "mlp-mild-views-40": {"backbone": "mlp", "max_iter": 40,
+                          "augmentation": digit_views((0.6, 1.0), 15.0)},
     "mlp-pretrain20-60": {"backbone": "mlp", "max_iter": 60, "pretrain_epochs": 20},
     "cnn16-40": {**SMALL, "max_iter": 40},
     "cnn16-mild-views-40": {**SMALL, "max_iter": 40,
@@ -52,6 +55,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "cnn16-strong-views-40": {**SMALL, "max_iter": 40,
                               "augmentation": digit_views((0.2, 1.0), 30.0)},
     "cnn16-pretrain15-40": {**SMALL, "max_iter": 40, "pretrain_epochs": 15},
+    "mlp-pretrain30-180": {"backbone": "mlp", "max_iter": 180, "pretrain_epochs": 30},
+    "small-40": {"backbone": "small", "max_iter": 40},
+    "small-fc1-40": {"backbone": "small", "max_iter": 40, "fc_weight": 1.0},
+    "small-fc0-40": {"backbone": "small", "max_iter": 40, "fc_weight": 0.0},
 }
 
 

@@ -151,7 +151,11 @@ def test_auto_backbone_is_an_mlp_for_tiny_images(fitted):
     assert isinstance(fitted.module_.backbone, MLP)
     assert resolve_backbone("auto", (1, 8, 8)) == "mlp"
     assert resolve_backbone("auto", (64,)) == "mlp"
-    assert resolve_backbone("auto", (1, 16, 16)) == "conv"
+    assert resolve_backbone("auto", (1, 16, 16)) == "mlp"     # USPS
+    assert resolve_backbone("auto", (1, 28, 28)) == "mlp"     # MNIST
+    assert resolve_backbone("auto", (1, 28, 40)) == "conv"    # grey, but one side over 32
+    assert resolve_backbone("auto", (3, 16, 16)) == "conv"    # colour
+    assert resolve_backbone("auto", (3, 12, 32)) == "mlp"     # one side under 16
     assert resolve_backbone("resnet18", (1, 8, 8)) == "resnet18"
 
 
