@@ -38,19 +38,22 @@ from skdccm.datasets import load_dataset
 from skdccm.metrics import clustering_accuracy
 
 
+def _ranking(accs: np.ndarray, values: np.ndarray, keep: np.ndarray, group: int) -> dict:
+    """Spearman(values, ACC), and the mean and lowest ACC of the run of largest ``keep``
+    in every group of ``group`` runs."""
+    chosen = [accs[list(g)][np.argmax(keep[list(g)])]
+              for g in itertools.combinations(range(len(accs)), group)]
+    return {"spearman": float(spearmanr(values, accs)[0]),
+            "chosen_mean": float(np.mean(chosen)), "chosen_min": float(np.min(chosen))}
+
+
 def selection_table(accs: np.ndarray, losses: np.ndarray, group: int) -> list[dict]:
     """Per epoch: Spearman(loss, ACC) and the mean ACC of the lowest-loss run per group.
 
     ``accs`` is ``(runs,)``, ``losses`` is ``(runs, epochs)``.
     """
-    groups = [list(g) for g in itertools.combinations(range(len(accs)), group)]
-    rows = []
-    for epoch in range(losses.shape[1]):
-        at = losses[:, epoch]
-        chosen = [accs[g][np.argmin(at[g])] for g in groups]
-        rows.append({"epoch": epoch + 1, "spearman": float(spearmanr(at, accs)[0]),
-                     "chosen_mean": float(np.mean(chosen)), "chosen_min": float(np.min(chosen))})
-    return rows
+    return [{"epoch": epoch + 1, **_ranking(accs, at, -at, group)}
+            for epoch, at in enumerate(losses.T)]
 
 
 #: Seed of the augmented views that :func:`label_free_scores` compares predictions on.
@@ -66,16 +69,17 @@ def label_free_scores(est: DCCMClustering, X: np.ndarray, n_views: int = 4) -> d
     - ``balance``: entropy of the cluster sizes over log(K) (1 for equal sizes).
     - ``low_final_loss``: minus the training loss at the last epoch.
     """
+    X = np.asarray(X)
     proba = est.predict_proba(X)
     labels = proba.argmax(axis=1)
-    images = torch.as_tensor(np.asarray(X, dtype=np.float32)).reshape(len(X), *est.input_shape_)
+    images = torch.as_tensor(X, dtype=torch.float32).reshape(len(X), *est.input_shape_)
     config = resolve_affine(est.augmentation, est.input_shape_)
     value_range = (float(images.min()), float(images.max()))
     generator = torch.Generator().manual_seed(VIEW_SEED)
     agreement = []
     for _ in range(n_views):
-        view = dccm_view(images, config, value_range, generator).reshape(np.shape(X)).numpy()
-        if np.asarray(X).dtype == np.uint8:
+        view = dccm_view(images, config, value_range, generator).reshape(X.shape).numpy()
+        if X.dtype == np.uint8:
             view = np.clip(np.rint(view), 0, 255).astype(np.uint8)
         agreement.append(np.mean(est.predict(view) == labels))
     shares = np.bincount(labels, minlength=proba.shape[1]) / len(labels)
@@ -88,13 +92,8 @@ def label_free_scores(est: DCCMClustering, X: np.ndarray, n_views: int = 4) -> d
 
 def score_table(accs: np.ndarray, scores: dict[str, np.ndarray], group: int) -> list[dict]:
     """Per score: Spearman(score, ACC) and the mean ACC of the highest-scoring run per group."""
-    groups = [list(g) for g in itertools.combinations(range(len(accs)), group)]
-    rows = []
-    for name, values in scores.items():
-        chosen = [accs[g][np.argmax(values[g])] for g in groups]
-        rows.append({"score": name, "spearman": float(spearmanr(values, accs)[0]),
-                     "chosen_mean": float(np.mean(chosen)), "chosen_min": float(np.min(chosen))})
-    return rows
+    return [{"score": name, **_ranking(accs, values, values, group)}
+            for name, values in scores.items()]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -297,11 +297,11 @@ class CRLCClustering(DeepClusteringBase):
 
     Differences in ``"default"`` only: ``backbone="auto"`` (an MLP for flat features,
     images under 16 pixels a side and grey images up to 32, the shallow AlexNet ``"conv"``
-    otherwise) instead of
-    ResNet-34; Adam with learning rate 2e-3 and a cosine schedule instead of constant-rate
-    SGD at 0.1; no weight decay; batches of 128 and 40 epochs instead of 512 and 2000. On
-    scikit-learn's 1,797 digits, with two CPU threads, this reaches ACC 0.943, 0.945 and
-    0.948 with seeds 0, 1 and 2 in about 32 seconds per fit (KMeans: 0.79; BENCHMARKS.md).
+    otherwise) instead of ResNet-34; Adam with learning rate 2e-3 and a cosine schedule
+    instead of constant-rate SGD at 0.1; no weight decay; batches of 128 and 40 epochs
+    instead of 512 and 2000. On scikit-learn's 1,797 digits, with two CPU threads, this
+    reaches ACC 0.943, 0.945 and 0.948 with seeds 0, 1 and 2 in about 32 seconds per fit
+    (KMeans: 0.79; BENCHMARKS.md).
 
     Parameters
     ----------
