@@ -249,3 +249,23 @@ def even_splits(index: Tensor, max_size: int) -> tuple[Tensor, ...]:
     if len(index) >= 2:
         n_parts = min(n_parts, len(index) // 2)
     return torch.tensor_split(index, n_parts)
+
+
+def shuffled_batches(n_samples: int, batch_size: int, seed: int = 0) -> tuple[Tensor, ...]:
+    """Indices of ``n_samples`` in random batches of at most ``batch_size`` (sizes within one).
+
+    For passes over the training data that must see batches like the training steps do:
+    BatchNorm statistics and contrastive losses are computed per batch, and data stored in
+    class order (MNIST 5k, a folder of images sorted by subfolder) would otherwise give
+    batches of a single class. The permutation is drawn from its own generator seeded with
+    ``seed``, so the batches are the same on every call and no global random state moves.
+
+    Examples
+    --------
+    >>> from skdccm.data import shuffled_batches
+    >>> batches = shuffled_batches(10, 4)
+    >>> [len(b) for b in batches], sorted(torch.cat(batches).tolist()) == list(range(10))
+    ([4, 3, 3], True)
+    """
+    order = torch.randperm(n_samples, generator=torch.Generator().manual_seed(seed))
+    return even_splits(order, batch_size)

@@ -6,7 +6,11 @@ parts, such as DCCM's discriminator) supplies two things:
 - ``prepare(module, images, collective) -> targets``: computed without gradient on
   un-augmented images of a *chunk* (DCCM's target batch), or None;
 - ``step(module, images, targets, index, generator, collective) -> StepResult``: the loss of
-  one minibatch (positions ``index`` within the chunk), with its named parts.
+  one minibatch (positions ``index`` within the chunk), with its named parts;
+
+and optionally ``batchnorm_input(images, generator) -> Tensor``: what the network sees in
+training for a batch of un-augmented images, from which BatchNorm statistics are
+re-estimated after training (without it, the images themselves).
 
 Under data-parallel training (:mod:`skdccm.distributed`) each rank runs this same loop on its
 shard, with chunks and minibatches of ``size // world_size``; the ``collective`` lets the
@@ -37,7 +41,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .data import ArraySource, even_splits, to_device
+from .data import ArraySource, even_splits, shuffled_batches, to_device
 from .distributed import SINGLE_PROCESS, Collective, global_batchnorm
 
 logger = logging.getLogger("skdccm")
@@ -484,7 +488,8 @@ def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: Tra
         paused = _loop_state(spec, len(history) - 1, module, objective, optimizer, generator,
                              device_generator, history, previous_labels)
         return TrainResult(module, objective, history, len(history), state=paused)
-    refresh_batchnorm_statistics(module, data, spec.batch_size)
+    refresh_batchnorm_statistics(module, data, spec.batch_size,
+                                 getattr(objective, "batchnorm_input", None))
     module.eval()
     objective.eval()
     return TrainResult(module, objective, history, len(history), interrupted, stopped_by)
@@ -622,14 +627,22 @@ def _mean_over_ranks(collective: Collective, *sums: dict[str, Tensor]) -> None:
             values.update(zip(keys, stacked.unbind(), strict=True))
 
 
-def refresh_batchnorm_statistics(module: nn.Module, data: ArraySource, batch_size: int) -> None:
+def refresh_batchnorm_statistics(
+    module: nn.Module, data: ArraySource, batch_size: int,
+    views: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+) -> None:
     """Re-estimate BatchNorm running statistics with the final weights, without gradient.
 
     Running statistics are exponential averages over training steps and lag behind the
     weights; after a short fit they describe an earlier network, and eval-mode predictions
     can collapse into a few clusters. One pass over the training data in batches of the
     training size, with a cumulative average, gives statistics of the network as it is.
-    Layers that are frozen (affine weight without gradient) keep theirs.
+    The batches are drawn at random (with a fixed seed), like the training batches: over
+    data stored in class order, consecutive batches would hold one class each, and their
+    variances would miss the spread between classes. ``views`` maps each batch to what the
+    network was trained on (a contrastive method's augmented views, drawn from a generator
+    with a fixed seed): statistics of clean images would not match a network that never saw
+    any. Layers that are frozen (affine weight without gradient) keep theirs.
     """
     norms = [m for m in module.modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
@@ -642,10 +655,12 @@ def refresh_batchnorm_statistics(module: nn.Module, data: ArraySource, batch_siz
         m.momentum = None  # cumulative moving average over the pass
     was_training = module.training
     module.train()
+    generator = torch.Generator(device=data.device).manual_seed(0)
     with torch.no_grad():
-        for index in even_splits(torch.arange(len(data)), batch_size):
+        for index in shuffled_batches(len(data), batch_size):
             if len(index) > 1:
-                module(data.gather(index))
+                images = data.gather(index)
+                module(images if views is None else views(images, generator))
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     module.train(was_training)

@@ -16,6 +16,7 @@ from skdccm import CRLCClustering
 from skdccm.crlc import PRESETS, head_losses, resolve_backbone
 from skdccm.data import ArraySource, infer_layout
 from skdccm.networks import MLP, ShallowAlexNet
+from skdccm.training import refresh_batchnorm_statistics
 
 N_SAMPLES = 120
 TINY = {"n_clusters": 10, "max_iter": 2, "n_heads": 3, "hidden_dim": 32, "batch_size": 40,
@@ -97,6 +98,44 @@ def test_selected_head_has_the_lowest_pc_loss(fitted, digits):
     # invariant to that permutation.
     np.testing.assert_allclose(again, fitted.head_losses_, rtol=1e-5)
     assert not np.allclose(again, again[0])   # the heads really differ
+
+
+def test_head_losses_contrast_images_of_mixed_batches_on_data_in_class_order(fitted, digits,
+                                                                            monkeypatch):
+    """Each PC loss contrasts an image with its batch: over data sorted by class, batches in
+    storage order would hold one class each (where sub-heads that split classes score best)."""
+    X, y = digits
+    order = np.argsort(y, kind="stable")
+    X_sorted, y_sorted = X[order], y[order]
+    layout = infer_layout(X.shape, X.dtype, image_shape=None, channels=None, owner="test")
+    layout = type(layout)(layout.sample_shape, layout.stored_shape, layout.channels_last,
+                          layout.scale, (float(X.min()), float(X.max())))
+    objective = fitted._objective(layout, fitted.preset_params_, clustering=True)
+    source = ArraySource(X_sorted, layout, torch.device("cpu"))
+    seen = []
+    gather = source.gather
+    monkeypatch.setattr(source, "gather", lambda index: seen.append(index.clone()) or
+                        gather(index))
+    head_losses(fitted.module_, objective, source, TINY["batch_size"])
+    assert sorted(torch.cat(seen).tolist()) == list(range(len(X)))
+    # 120 digits of 10 classes in batches of 40: storage order gives 3 or 4 classes each.
+    assert min(len(np.unique(y_sorted[index.numpy()])) for index in seen) >= 7
+
+
+def test_batchnorm_statistics_come_from_the_training_views(digits):
+    """CRLC trains on augmented views only; its BatchNorm statistics must describe them."""
+    X, _ = digits
+    est = CRLCClustering(**{**TINY, "backbone": "mlp"}, random_state=0).fit(X)
+    layout = infer_layout(X.shape, X.dtype, image_shape=None, channels=None, owner="test")
+    layout = type(layout)(layout.sample_shape, layout.stored_shape, layout.channels_last,
+                          layout.scale, (0.0, 16.0))
+    objective = est._objective(layout, est.preset_params_, clustering=True)
+    source = ArraySource(X, layout, torch.device("cpu"))
+    first_norm = est.module_.backbone.first[1]
+    fitted_mean = first_norm.running_mean.clone()
+    for views, close in ((objective.batchnorm_input, True), (None, False)):
+        refresh_batchnorm_statistics(est.module_, source, TINY["batch_size"], views)
+        assert torch.allclose(first_norm.running_mean, fitted_mean, atol=1e-5) == close
 
 
 def test_same_random_state_same_labels(fitted, digits):

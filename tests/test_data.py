@@ -15,6 +15,7 @@ from skdccm.data import (
     check_image_size,
     even_splits,
     infer_layout,
+    shuffled_batches,
     to_network_input,
     value_range,
 )
@@ -238,3 +239,20 @@ def test_even_splits_small_inputs():
     assert [len(p) for p in even_splits(torch.arange(1), 32)] == [1]
     assert [len(p) for p in even_splits(torch.arange(0), 32)] == [0]
     assert [len(p) for p in even_splits(torch.arange(33), 32)] == [17, 16]
+
+
+def test_shuffled_batches_cover_every_sample_once_in_a_fixed_random_order():
+    batches = shuffled_batches(1000, 128)
+    order = torch.cat(batches)
+    assert sorted(order.tolist()) == list(range(1000))
+    assert [len(b) for b in batches] == [len(b) for b in even_splits(order, 128)]
+    assert not torch.equal(order, torch.arange(1000))
+    # Data stored in class order (10 classes of 100): every batch mixes many classes.
+    classes = torch.arange(1000) // 100
+    assert min(len(classes[b].unique()) for b in batches) >= 8
+    # The same batches on every call, other ones for another seed, the global RNG untouched.
+    state = torch.random.get_rng_state()
+    again = shuffled_batches(1000, 128)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))
+    assert not torch.equal(torch.cat(shuffled_batches(1000, 128, seed=1)), order)

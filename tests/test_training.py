@@ -22,6 +22,7 @@ import torch
 
 import skdccm.dccm as dccm_module
 import skdccm.training as training
+from skdccm.data import ArraySource, infer_layout
 from skdccm.dccm import DCCMObjective
 from skdccm.training import (
     CHECKPOINT_NAME,
@@ -29,6 +30,7 @@ from skdccm.training import (
     TrainSpec,
     learning_rate_at,
     make_optimizer,
+    refresh_batchnorm_statistics,
     resolve_device,
     steps_per_epoch,
 )
@@ -512,3 +514,19 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_refreshed_batchnorm_statistics_are_those_of_the_whole_data_in_class_order():
+    """Data stored in class order: the refreshed variance must include the spread between
+    classes, as in training's shuffled batches. Batches taken in storage order would each
+    hold one class and give the within-class variance (1) instead of about 1 + 25."""
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(-5.0, 1.0, (512, 3)), rng.normal(5.0, 1.0, (512, 3))])
+    X = X.astype(np.float32)
+    layout = infer_layout(X.shape, X.dtype, image_shape=None, channels=None, owner="test")
+    norm = torch.nn.BatchNorm1d(3).eval()
+    refresh_batchnorm_statistics(norm, ArraySource(X, layout, torch.device("cpu")), 64)
+    np.testing.assert_allclose(norm.running_mean.numpy(), X.mean(axis=0), atol=1e-5)
+    # Mean of per-batch unbiased variances: close to the whole data's, not the classes'.
+    np.testing.assert_allclose(norm.running_var.numpy(), X.var(axis=0, ddof=1), rtol=0.05)
+    assert norm.momentum == 0.1 and not norm.training   # left as they were
