@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,12 @@ from skdccm.training import refresh_batchnorm_statistics
 N_SAMPLES = 120
 TINY = {"n_clusters": 10, "max_iter": 2, "n_heads": 3, "hidden_dim": 32, "batch_size": 40,
         "device": "cpu"}
+
+
+def fitted_layout(X):
+    """The layout ``fit`` gives X: its own value range (the digits' 0..16)."""
+    layout = infer_layout(X.shape, X.dtype, image_shape=None, channels=None, owner="test")
+    return replace(layout, value_range=(float(X.min()), float(X.max())))
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +95,7 @@ def test_selected_head_has_the_lowest_pc_loss(fitted, digits):
     """Recompute every sub-head's PC loss on the seeded views and check the choice."""
     X, _ = digits
     assert fitted.selected_head_ == int(np.argmin(fitted.head_losses_))
-    layout = infer_layout(X.shape, X.dtype, image_shape=None, channels=None, owner="test")
-    layout = type(layout)(layout.sample_shape, layout.stored_shape, layout.channels_last,
-                          layout.scale, (float(X.min()), float(X.max())))
+    layout = fitted_layout(X)
     objective = fitted._objective(layout, fitted.preset_params_, clustering=True)
     source = ArraySource(X, layout, torch.device("cpu"))
     again = head_losses(fitted.module_, objective, source, TINY["batch_size"]).numpy()
@@ -107,9 +112,7 @@ def test_head_losses_contrast_images_of_mixed_batches_on_data_in_class_order(fit
     X, y = digits
     order = np.argsort(y, kind="stable")
     X_sorted, y_sorted = X[order], y[order]
-    layout = infer_layout(X.shape, X.dtype, image_shape=None, channels=None, owner="test")
-    layout = type(layout)(layout.sample_shape, layout.stored_shape, layout.channels_last,
-                          layout.scale, (float(X.min()), float(X.max())))
+    layout = fitted_layout(X)
     objective = fitted._objective(layout, fitted.preset_params_, clustering=True)
     source = ArraySource(X_sorted, layout, torch.device("cpu"))
     seen = []
@@ -126,9 +129,7 @@ def test_batchnorm_statistics_come_from_the_training_views(digits):
     """CRLC trains on augmented views only; its BatchNorm statistics must describe them."""
     X, _ = digits
     est = CRLCClustering(**{**TINY, "backbone": "mlp"}, random_state=0).fit(X)
-    layout = infer_layout(X.shape, X.dtype, image_shape=None, channels=None, owner="test")
-    layout = type(layout)(layout.sample_shape, layout.stored_shape, layout.channels_last,
-                          layout.scale, (0.0, 16.0))
+    layout = fitted_layout(X)
     objective = est._objective(layout, est.preset_params_, clustering=True)
     source = ArraySource(X, layout, torch.device("cpu"))
     first_norm = est.module_.backbone.first[1]
