@@ -370,6 +370,8 @@ class or instance, default=None
     pretrain_epochs : int, default=None
         Two-stage variant: epochs of FC-only training (instance-contrastive pre-training)
         before the ``max_iter`` epochs of the full loss. 0 (both presets) trains in one stage.
+        On MNIST 5k (2 CPU cores, seeds 0 to 2), ``pretrain_epochs=30, max_iter=60`` gave
+        ACC 0.952 in about 200 s per fit, against 0.927 in about 100 s with the default.
     freeze_encoder : bool, default=False
         Keep the backbone fixed (weights and BatchNorm statistics) while the full loss
         trains: after pre-training, or with ``backbone_weights``.
