@@ -44,7 +44,7 @@ from .training import (
     StepResult,
     TrainResult,
     TrainSpec,
-    refresh_batchnorm_statistics,
+    finish_training,
     train,
 )
 
@@ -687,9 +687,7 @@ or instance
         self.best_init_ = int(np.argmin(losses))
         kept = best[0]
         if kept.state is not None:  # paused after init_iter epochs: finish it as train() would
-            refresh_batchnorm_statistics(kept.module, source, batch_size)
-            kept.module.eval()
-            kept.objective.eval()
+            finish_training(kept.module, kept.objective, source, batch_size)
         return replace(kept, interrupted=True, state=None)
 
     def _infer(self, module: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:

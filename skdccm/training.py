@@ -488,11 +488,18 @@ def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: Tra
         paused = _loop_state(spec, len(history) - 1, module, objective, optimizer, generator,
                              device_generator, history, previous_labels)
         return TrainResult(module, objective, history, len(history), state=paused)
-    refresh_batchnorm_statistics(module, data, spec.batch_size,
+    finish_training(module, objective, data, spec.batch_size)
+    return TrainResult(module, objective, history, len(history), interrupted, stopped_by)
+
+
+def finish_training(module: nn.Module, objective: nn.Module, data: ArraySource,
+                    batch_size: int) -> None:
+    """What ends every run: BatchNorm statistics of the final weights (on the objective's
+    ``batchnorm_input`` where it has one), then both modules in eval mode."""
+    refresh_batchnorm_statistics(module, data, batch_size,
                                  getattr(objective, "batchnorm_input", None))
     module.eval()
     objective.eval()
-    return TrainResult(module, objective, history, len(history), interrupted, stopped_by)
 
 
 def _loop_state(spec: TrainSpec, epoch: int, module: nn.Module, objective: nn.Module,
