@@ -40,11 +40,12 @@ from .training import (
 #: every other dtype to the list's first entry, which would truncate floats and wrap ints.
 STORED_DTYPES = (np.float32, np.uint8, np.float64)
 
-#: Inference batches smaller than this are tiled up to it. On CPU, MKL multiplies 1 to 3 rows
-#: on another code path than 4 or more, so a sample predicted alone would differ in the last
-#: bits from the same sample in a batch (scikit-learn's check_methods_subset_invariance).
-#: Tiling whole copies of the batch leaves batch statistics (``bn_batch_stats``) unchanged.
-MIN_INFER_ROWS = 8
+#: Inference batches smaller than this are tiled up to it. On CPU, the matrix-multiply kernels
+#: take another code path for few rows (on AVX2, 1 to 3 rows; on an AVX-512 Xeon, 1 to 15),
+#: so a sample predicted alone would differ in the last bits from the same sample in a batch
+#: (scikit-learn's check_methods_subset_invariance). Tiling whole copies of the batch leaves
+#: batch statistics (``bn_batch_stats``) unchanged.
+MIN_INFER_ROWS = 16
 
 
 class DeepClusteringBase(
