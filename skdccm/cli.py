@@ -9,7 +9,10 @@ Commands
     ``results.md``, ``results.csv``, ``summary.csv``, ``config.json`` and plots
     (:mod:`skdccm.harness`, :mod:`skdccm.suite`).
 ``cluster``
-    Cluster a folder of images; writes ``clusters.csv`` and one contact sheet per cluster.
+    Cluster a folder of images; writes ``clusters.csv``, ``model.joblib``, one contact sheet
+    per cluster and ``overview.png`` (:mod:`skdccm.workflow`).
+``predict``
+    Assign the images of a folder to the clusters of a saved model, with the same outputs.
 ``fit``
     Fit one estimator on a data set and save it with joblib; under ``torchrun`` every
     process trains on its shard (``torchrun --nproc_per_node=N -m skdccm fit ...``).
@@ -17,27 +20,31 @@ Commands
 Every estimator flag maps one to one onto an estimator parameter (``--max-iter`` is
 ``max_iter``, ``--param NAME=VALUE`` sets any other); there is no configuration file. A new
 command is a function ``_add_NAME(subparsers)`` that registers its arguments and its
-handler ``(args) -> int``, listed in :data:`COMMANDS`. This module only parses and reports;
-the work is done by :mod:`skdccm.harness` (benchmark runs and their files),
-:mod:`skdccm.suite` and :mod:`skdccm.figures`.
+handler ``(args) -> int``, listed in :data:`COMMANDS`.
+
+Conventions: progress with an ETA goes to stderr (``-q`` silences it, ``-v`` adds one line
+per epoch), results to stdout and files; every error is one line on stderr with exit
+status 1 (2 for usage errors), ``--traceback`` (anywhere on the line) shows the full
+traceback instead. This module only parses and reports; the work is done by
+:mod:`skdccm.harness` (benchmark runs and their files), :mod:`skdccm.suite`,
+:mod:`skdccm.workflow` (image folders) and :mod:`skdccm.figures`.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import csv
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
-from .console import CommandError
-from .datasets import BUILTIN_DATASETS, DATASET_FILES, load_dataset, load_image_folder
-from .figures import contact_sheet
+from . import __version__
+from .console import NORMAL, QUIET, VERBOSE, CommandError, Progress, one_line, summarised_warnings
+from .datasets import BUILTIN_DATASETS, DATASET_FILES, RESIZE_MODES, load_dataset
 from .harness import (
     DEEP_FAMILIES,
     BenchmarkSettings,
@@ -48,6 +55,7 @@ from .harness import (
     describe,
     describe_dataset,
     fit_one,
+    fit_watched,
     flat_pixels,
     make_estimator,
     markdown_table,
@@ -57,6 +65,16 @@ from .harness import (
 )
 from .metrics import clustering_scores
 from .suite import SUITE_SETS, benchmark_suite, failed_runs, parse_sets
+from .workflow import (
+    EXPORT_MODES,
+    MODEL_NAME,
+    assign,
+    check_out_folder,
+    clear_outputs,
+    load_model,
+    read_folder_for,
+    write_assignments,
+)
 
 # ----------------------------------------------------------------------------------------
 # estimator flags: one flag, one estimator parameter
@@ -70,7 +88,8 @@ ESTIMATOR_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "backbone": (str, "backbone name, e.g. conv, resnet18 (default: the preset's)"),
     "device": (str, "auto, cpu, cuda, cuda:1, mps (default: auto)"),
     "precision": (str, "auto, float32, bf16, fp16 (default: auto)"),
-    "verbose": (int, "0 silent, 1 progress line, 2 one line per epoch (default: 0)"),
+    "verbose": (int, "the estimator's own output on stdout: 0 silent, 1 progress line, 2 one "
+                     "line per epoch (default: 0; the command's progress on stderr: -q, -v)"),
 }
 
 
@@ -105,8 +124,6 @@ def estimator_params(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
-
-
 def run_demo(args: argparse.Namespace) -> int:
     from .datasets import load_digits_images
 
@@ -133,8 +150,9 @@ def run_demo(args: argparse.Namespace) -> int:
         if method.is_deep and budget:
             limit = TimeLimit(budget)
             run_params["callbacks"] = limit
-        print(f"  fitting {method.name} ...", flush=True)
-        run = fit_one(method, args.random_state, images, pixels, y, 10, run_params)
+        args.progress.info(f"fitting {method.name} ...")
+        run = fit_one(method, args.random_state, images, pixels, y, 10, run_params,
+                      args.progress)
         note = ""
         if limit is not None and limit.stopped:
             note = f"stopped by the time limit ({budget:.0f} s)"
@@ -163,9 +181,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
         return _run_suite(args, methods, params)
     if args.dataset is None:
         raise CommandError("pass --dataset (one data set) or --suite (several)")
-    images, y = load_dataset(args.dataset, n_samples=args.n_samples,
-                             random_state=args.data_seed, subset=args.subset,
-                             size=args.size or None)
+    with summarised_warnings(args.progress, "loading"):
+        images, y = load_dataset(args.dataset, n_samples=args.n_samples,
+                                 random_state=args.data_seed, subset=args.subset,
+                                 size=args.size or None)
     if y is None:
         raise CommandError(f"{args.dataset} has no labels; a benchmark needs them (for a "
                            "folder: one subfolder per class). To cluster it, use "
@@ -188,7 +207,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
 def _settings(args: argparse.Namespace, methods, params: dict[str, Any]) -> BenchmarkSettings:
     return BenchmarkSettings(methods, args.seeds, params, args.argv, plots=not args.no_plots,
-                             warmup=not args.no_warmup)
+                             warmup=not args.no_warmup, progress=args.progress,
+                             tracebacks=args.traceback)
 
 
 def _run_suite(args: argparse.Namespace, methods, params: dict[str, Any]) -> int:
@@ -210,54 +230,77 @@ def _run_suite(args: argparse.Namespace, methods, params: dict[str, Any]) -> int
     return 1 if failed_runs(results) else 0
 
 
-def run_cluster(args: argparse.Namespace) -> int:
-    from PIL import Image
-
-    family = args.method.partition("-")[0]
-    if family not in DEEP_FAMILIES:
-        raise CommandError(f"--method {args.method!r}: choose dccm, crlc or FAMILY-PRESET "
+def _deep_method(text: str, flag: str):
+    method = parse_methods(text)[0] if text.partition("-")[0] in DEEP_FAMILIES else None
+    if method is None:
+        raise CommandError(f"{flag} {text!r}: choose dccm, crlc or FAMILY-PRESET "
                            "(e.g. dccm-paper)")
-    method = parse_methods(args.method)[0]
+    return method
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    import joblib
+
+    from .datasets import load_image_folder
+
+    method = _deep_method(args.method, "--method")
     params = estimator_params(args)
     check_params_used([method], params)
-    images, y, files = load_image_folder(args.image_dir, size=args.size or None)
+    image_dir, out = Path(args.image_dir), Path(args.out)
+    check_out_folder(out, image_dir)
+    with summarised_warnings(args.progress, "loading"):
+        images, y, files = load_image_folder(image_dir, size=args.size or None,
+                                             resize=args.resize)
     if len(images) < args.n_clusters:
-        raise CommandError(f"{args.image_dir} has {len(images)} images, fewer than "
+        raise CommandError(f"{image_dir} has {len(images)} images, fewer than "
                            f"--n-clusters {args.n_clusters}")
-    print(f"{args.image_dir}: {len(images)} images {describe(images)}; fitting {method.name} "
-          f"with K={args.n_clusters}", flush=True)
+    args.progress.info(f"{image_dir}: {len(images)} images {describe(images)}; fitting "
+                       f"{method.name} with K={args.n_clusters}")
     estimator = make_estimator(method, args.n_clusters, args.random_state, params)
     tic = time.perf_counter()
-    estimator.fit(images)
+    fit_watched(estimator, images, args.progress, f"{method.name}")
     seconds = time.perf_counter() - tic
-    proba = estimator.predict_proba(images)                          # (n, K)
-    labels = proba.argmax(axis=1)
-    confidence = proba[np.arange(len(labels)), labels]
+    labels, confidence = assign(estimator, images)
+    clear_outputs(out)
+    written = write_assignments(out, image_dir, files, images, labels, confidence,
+                                args.n_clusters, per_sheet=args.per_sheet, export=args.export)
+    joblib.dump(estimator, out / MODEL_NAME)
+    print(f"fit {seconds:.1f} s", end="; ")
+    _report_assignments(out, [*written, MODEL_NAME], labels, confidence, args.n_clusters, y)
+    return 0
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "clusters.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(("file", "cluster", "confidence"))
-        for name, cluster, conf in zip(files, labels, confidence, strict=True):
-            writer.writerow((name, int(cluster), f"{conf:.6f}"))
-    sheets = 0
-    for cluster in range(args.n_clusters):
-        members = np.flatnonzero(labels == cluster)
-        if members.size == 0:
-            continue
-        best = members[np.argsort(-confidence[members], kind="stable")][:args.per_sheet]
-        Image.fromarray(contact_sheet(images[best])).save(out / f"cluster_{cluster:02d}.png")
-        sheets += 1
-    sizes = np.bincount(labels, minlength=args.n_clusters)
-    print(f"fit {seconds:.1f} s; cluster sizes {sizes.tolist()}; mean confidence "
-          f"{confidence.mean():.3f}")
+
+def run_predict(args: argparse.Namespace) -> int:
+    model_path, image_dir, out = Path(args.model), Path(args.image_dir), Path(args.out)
+    check_out_folder(out, image_dir)
+    model = load_model(model_path)
+    with summarised_warnings(args.progress, "loading"):
+        images, y, files = read_folder_for(model, image_dir, args.resize)
+    channels, height, width = model.input_shape_
+    args.progress.info(f"{image_dir}: {len(images)} images read at the model's "
+                       f"{height}x{width}, {'grey' if channels == 1 else 'colour'}; "
+                       f"assigning to its {model.n_clusters} clusters")
+    labels, confidence = assign(model, images)
+    clear_outputs(out, keep=[model_path])
+    written = write_assignments(out, image_dir, files, images, labels, confidence,
+                                model.n_clusters, per_sheet=args.per_sheet, export=args.export)
+    _report_assignments(out, written, labels, confidence, model.n_clusters, y)
+    return 0
+
+
+def _report_assignments(out: Path, written: list[str], labels: np.ndarray,
+                        confidence: np.ndarray, n_clusters: int, y: np.ndarray | None) -> None:
+    sizes = np.bincount(labels, minlength=n_clusters)
+    print(f"cluster sizes {sizes.tolist()}; mean confidence {confidence.mean():.3f}")
     if y is not None and len(np.unique(y)) > 1:
         scores = clustering_scores(y, labels)
         print("subfolders as classes: " + " ".join(f"{k.upper()}={v:.3f}"
                                                    for k, v in scores.items()))
-    print(f"wrote {out / 'clusters.csv'} and {sheets} contact sheets")
-    return 0
+    sheets = sum(name.startswith("cluster_") and name.endswith(".png") for name in written)
+    folders = sum(name.endswith("/") for name in written)
+    extra = f", {folders} cluster folders" if folders else ""
+    print(f"wrote {out}: {', '.join(n for n in written if not n.startswith('cluster_'))}, "
+          f"{sheets} contact sheets{extra}")
 
 
 def load_fit_data(path_or_name: str, size: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -272,13 +315,11 @@ def run_fit(args: argparse.Namespace) -> int:
     import joblib
     import torch.distributed as dist
 
-    method = parse_methods(args.estimator)[0]
-    if not method.is_deep:
-        raise CommandError(f"--estimator {args.estimator!r}: choose dccm, crlc or "
-                           "FAMILY-PRESET (e.g. dccm-paper)")
+    method = _deep_method(args.estimator, "--estimator")
     params = estimator_params(args)
     check_params_used([method], params)
-    X, y = load_fit_data(args.data, args.size)
+    with summarised_warnings(args.progress, "loading"):
+        X, y = load_fit_data(args.data, args.size)
     n_clusters = args.n_clusters
     if n_clusters is None:
         if y is None:
@@ -288,7 +329,7 @@ def run_fit(args: argparse.Namespace) -> int:
     estimator = make_estimator(method, n_clusters, args.random_state, params)
     tic = time.perf_counter()
     try:
-        estimator.fit(X)
+        fit_watched(estimator, X, args.progress, method.name)
         seconds = time.perf_counter() - tic
         # Under torchrun, fit has joined (or created) the process group.
         distributed = dist.is_available() and dist.is_initialized()
@@ -323,15 +364,74 @@ def run_fit(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------
 
 
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (exit status 2), pointing at ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _common_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """--traceback, -q and -v, accepted before and after the command.
+
+    Below the command their defaults are suppressed, so that a flag given before it is not
+    reset by the command's own default.
+    """
+    default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
+    group = parser.add_argument_group("output")
+    group.add_argument("--traceback", action="store_true", default=default(False),
+                       help="show the full traceback of an error")
+    loud = group.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                      help="no progress lines on stderr (results and errors still show)")
+    loud.add_argument("-v", dest="per_epoch", action="store_true", default=default(False),
+                      help="also one line per training epoch on stderr")
+
+
+def _add_output_flags(parser: argparse.ArgumentParser, *, export: bool = True) -> None:
+    parser.add_argument("--per-sheet", type=_count(1), default=64,
+                        help="images per contact sheet, the most confident (default: 64)")
+    parser.add_argument("--resize", choices=RESIZE_MODES, default="crop",
+                        help="how images of another shape reach the size: crop (scale to "
+                             "cover, cut the centre) or pad (scale to fit, fill with white) "
+                             "keep the aspect ratio, stretch does not (default: crop)")
+    if export:
+        parser.add_argument("--export", choices=EXPORT_MODES, default=None,
+                            help="also write one folder per cluster, cluster_KK/, with copies "
+                                 "of (copy) or symbolic links to (link) its files")
+
+
+def _subparser(subparsers, name: str, **kwargs) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, **kwargs)
+    _common_flags(parser, top=False)
+    return parser
+
+
 def _add_demo(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "demo", help="DCCM (and CRLC) beside KMeans on the bundled digits; no setup",
+    parser = _subparser(
+        subparsers, "demo",
+        help="DCCM (and CRLC) beside KMeans on the bundled digits; no setup",
         description="Cluster scikit-learn's 1,797 digits with DCCMClustering (default "
                     "preset), CRLCClustering when available and KMeans(n_init=10); print "
                     "ACC, NMI, ARI and fit time.")
     parser.add_argument("--quick", action="store_true",
                         help="300 images and one epoch: checks the installation in seconds")
-    parser.add_argument("--n-samples", type=int, default=None,
+    parser.add_argument("--n-samples", type=_count(2), default=None,
                         help="use a random subset of this size")
     parser.add_argument("--random-state", type=int, default=0,
                         help="random_state of every method (default: 0)")
@@ -344,10 +444,12 @@ def _add_demo(subparsers) -> None:
 
 
 def _add_benchmark(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "benchmark", help="methods x seeds on a data set: tables and plots",
+    parser = _subparser(
+        subparsers, "benchmark", help="methods x seeds on a data set (or a suite of them)",
         description="Fit each method with each seed on a labelled data set and write "
-                    "results.md, results.csv, summary.csv, config.json and plots to --out.")
+                    "results.md, results.csv, summary.csv, config.json and plots to --out. "
+                    "With --suite, do so for several sets into --out/SET and add "
+                    "suite.md and suite.csv.")
     parser.add_argument("--dataset", default=None,
                         help="digits, mnist5k, mnist, usps, cifar10, coil20, orl (all but the "
                              "first two from $SKDCCM_DATA, ../shared/data or the checkout's "
@@ -364,19 +466,19 @@ def _add_benchmark(subparsers) -> None:
                         help="comma-separated: dccm, crlc, FAMILY-PRESET (dccm-paper, "
                              "dccm-code, crlc-paper), kmeans, agglomerative "
                              "(default: dccm,kmeans; with --suite: dccm,crlc,kmeans)")
-    parser.add_argument("--seeds", type=int, default=3,
+    parser.add_argument("--seeds", type=_count(1), default=3,
                         help="number of seeds, 0..N-1 (default: 3)")
     parser.add_argument("--out", required=True, help="output folder (created)")
-    parser.add_argument("--n-samples", type=int, default=None,
+    parser.add_argument("--n-samples", type=_count(1), default=None,
                         help="random subset of the data set (drawn with --data-seed); with "
                              "--suite, a cap on each set's size (drawn with seed 0)")
     parser.add_argument("--data-seed", type=int, default=0,
                         help="seed of the --n-samples subset (default: 0)")
     parser.add_argument("--subset", choices=("all", "train", "test"), default="all",
                         help="split of .npz data sets (default: all, as in the papers)")
-    parser.add_argument("--n-clusters", type=int, default=None,
+    parser.add_argument("--n-clusters", type=_count(2), default=None,
                         help="K (default: the number of classes)")
-    parser.add_argument("--size", type=int, default=0,
+    parser.add_argument("--size", type=_count(0), default=0,
                         help="image size for a folder data set (default: keep)")
     parser.add_argument("--ablation", action="store_true",
                         help="run DCCM's ablation models M1..M4 (paper Table 3) for each "
@@ -390,28 +492,45 @@ def _add_benchmark(subparsers) -> None:
 
 
 def _add_cluster(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "cluster", help="cluster a folder of images: CSV and contact sheets",
-        description="Cluster every image under IMAGE_DIR; write clusters.csv (file, cluster, "
-                    "confidence) and cluster_KK.png, the most confident members of each "
-                    "cluster.")
+    parser = _subparser(
+        subparsers, "cluster", help="cluster a folder of images: CSV, model, contact sheets",
+        description="Cluster every image under IMAGE_DIR; write into --out clusters.csv "
+                    "(file, cluster, confidence), the fitted estimator as model.joblib (for "
+                    "`skdccm predict`), cluster_KK.png (the most confident members of each "
+                    "cluster, labelled with its id, size and mean confidence) and "
+                    "overview.png (one row per cluster). Outputs of an earlier run in --out "
+                    "are replaced.")
     parser.add_argument("image_dir", help="folder of PNG/JPEG images (searched recursively)")
-    parser.add_argument("--n-clusters", type=int, required=True, help="K")
+    parser.add_argument("--n-clusters", type=_count(2), required=True, help="K")
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--method", default="dccm",
                         help="dccm, crlc or FAMILY-PRESET (default: dccm)")
-    parser.add_argument("--size", type=int, default=32,
-                        help="resize images to SIZE x SIZE (0: keep their size; default: 32)")
-    parser.add_argument("--per-sheet", type=int, default=64,
-                        help="images per contact sheet (default: 64)")
+    parser.add_argument("--size", type=_count(0), default=32,
+                        help="resize images to SIZE x SIZE (0: keep the most common size; "
+                             "default: 32)")
+    _add_output_flags(parser)
     parser.add_argument("--random-state", type=int, default=0, help="default: 0")
     _add_estimator_flags(parser)
     parser.set_defaults(handler=run_cluster)
 
 
+def _add_predict(subparsers) -> None:
+    parser = _subparser(
+        subparsers, "predict", help="assign a folder of images with a saved model",
+        description="Assign every image under IMAGE_DIR to a cluster of MODEL (the "
+                    "model.joblib of `skdccm cluster`, or a file of `skdccm fit`), reading "
+                    "the images at the model's own size and channels; write the same "
+                    "clusters.csv, contact sheets and overview.png into --out.")
+    parser.add_argument("model", help="a fitted estimator saved with joblib")
+    parser.add_argument("image_dir", help="folder of PNG/JPEG images (searched recursively)")
+    parser.add_argument("--out", required=True, help="output folder (created)")
+    _add_output_flags(parser)
+    parser.set_defaults(handler=run_predict)
+
+
 def _add_fit(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "fit", help="fit one estimator and save it with joblib (works under torchrun)",
+    parser = _subparser(
+        subparsers, "fit", help="fit one estimator and save it with joblib (works under torchrun)",
         description="Fit DCCMClustering or CRLCClustering on a data set and save the fitted "
                     "estimator with joblib. Launched by torchrun with several processes, "
                     "each trains on its shard of the data (DDP) and rank 0 writes the file: "
@@ -422,11 +541,12 @@ def _add_fit(subparsers) -> None:
     parser.add_argument("--data", required=True,
                         help="an .npy array of images (read as a memory map: each process "
                              "reads its shard only), an .npz file, a folder of images, or "
-                             "a data set name (digits, mnist5k, mnist, usps, cifar10)")
+                             "a data set name (digits, mnist5k, mnist, usps, cifar10, "
+                             "coil20, orl)")
     parser.add_argument("--out", required=True, help="path of the joblib file to write")
-    parser.add_argument("--n-clusters", type=int, default=None,
+    parser.add_argument("--n-clusters", type=_count(2), default=None,
                         help="K (default: the number of classes of a labelled data set)")
-    parser.add_argument("--size", type=int, default=0,
+    parser.add_argument("--size", type=_count(0), default=0,
                         help="image size for a folder of images (default: keep)")
     parser.add_argument("--random-state", type=int, default=0, help="default: 0")
     _add_estimator_flags(parser)
@@ -434,15 +554,15 @@ def _add_fit(subparsers) -> None:
 
 
 #: Registered commands, in help order.
-COMMANDS = (_add_demo, _add_benchmark, _add_cluster, _add_fit)
+COMMANDS = (_add_demo, _add_benchmark, _add_cluster, _add_predict, _add_fit)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``skdccm`` argument parser with every command registered."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="skdccm", description="Deep image clustering (DCCM, CRLC) from the command line.")
-    parser.add_argument("--traceback", action="store_true",
-                        help="show the full traceback of an error")
+    parser.add_argument("--version", action="version", version=f"skdccm {__version__}")
+    _common_flags(parser, top=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMANDS:
         add(subparsers)
@@ -460,19 +580,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     status : int
-        0 on success, 1 when a run failed or an error was reported, 2 for usage errors.
+        0 on success, 1 when a run failed or an error was reported (in one line on stderr),
+        2 for usage errors, 130 when interrupted.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors end here
+        return exc.code if isinstance(exc.code, int) else 2
     if args.command is None:
         parser.print_help()
         return 2
     args.argv = argv
+    args.progress = Progress(QUIET if args.quiet else VERBOSE if args.per_epoch else NORMAL)
     try:
         return args.handler(args)
-    except (CommandError, FileNotFoundError, ImportError, ValueError) as exc:
+    except KeyboardInterrupt:
         if args.traceback:
             raise
-        print(f"skdccm {args.command}: error: {exc}", file=sys.stderr)
+        args.progress.end_line()
+        print(f"skdccm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.traceback:
+            raise
+        args.progress.end_line()
+        print(f"skdccm {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 1

@@ -1,7 +1,10 @@
-"""Figures of the command line: plots of a benchmark run (matplotlib) and image grids.
+"""Figures of the command line: plots of a benchmark run and sheets of clustered images.
 
-Plots use matplotlib's Agg canvas without pyplot (no global state, no display needed).
-This module imports nothing from the rest of skdccm but :mod:`skdccm.metrics`.
+Plots (:func:`plot_confusion`, :func:`plot_learning_curve`, :func:`plot_embedding`) use
+matplotlib's Agg canvas without pyplot (no global state, no display needed); image sheets
+(:func:`cluster_sheet`, :func:`overview_sheet`) are grids of
+:func:`torchvision.utils.make_grid` with Pillow's labels. This module imports nothing from
+the rest of skdccm but :mod:`skdccm.metrics`.
 """
 
 from __future__ import annotations
@@ -105,34 +108,122 @@ def plot_embedding(path: Path, points: np.ndarray, labels: np.ndarray, title: st
     figure.savefig(path)
 
 
-def contact_sheet(images: np.ndarray, *, min_tile: int = 32, pad: int = 2) -> np.ndarray:
-    """A grid of images (grey or RGB uint8) on a white ground, small images enlarged.
+def image_grid(images: np.ndarray, nrow: int, *, min_tile: int = 32, pad: int = 2):
+    """Images side by side, ``nrow`` per row, on white, small ones enlarged: a PIL image.
+
+    Built with :func:`torchvision.utils.make_grid`.
 
     Parameters
     ----------
-    images : ndarray of shape (n, H, W) or (n, H, W, 3), dtype uint8
-        The images, in reading order.
+    images : ndarray of shape (n, H, W) or (n, H, W, 3)
+        uint8, or floats in [0, 1]; ``None`` entries are not allowed (blank tiles are white
+        images).
+    nrow : int
+        Images per row.
     min_tile : int, default=32
         Images smaller than this are enlarged by an integer factor (nearest neighbour).
     pad : int, default=2
-        White pixels between tiles.
+        White pixels around every tile.
 
     Returns
     -------
-    sheet : ndarray of shape (rows * (h + pad) + pad, cols * (w + pad) + pad[, 3]), uint8
+    grid : PIL.Image.Image
+        RGB, ``cols * (tile + pad) + pad`` pixels wide, where ``cols = min(nrow, n)``.
     """
-    n, height, width = images.shape[:3]
-    factor = max(1, math.ceil(min_tile / max(min(height, width), 1)))
-    tiles = images.repeat(factor, axis=1).repeat(factor, axis=2)     # (n, fH, fW[, 3])
-    tile_h, tile_w = height * factor, width * factor
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    sheet = np.full((rows * (tile_h + pad) + pad, cols * (tile_w + pad) + pad,
-                     *images.shape[3:]), 255, dtype=np.uint8)
-    for i in range(n):
-        top = pad + (i // cols) * (tile_h + pad)
-        left = pad + (i % cols) * (tile_w + pad)
-        sheet[top:top + tile_h, left:left + tile_w] = tiles[i]
+    import torch
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    tiles = torch.from_numpy(_as_unit_float(images))                     # (n, H, W[, 3])
+    if tiles.ndim == 3:
+        tiles = tiles[..., None].expand(-1, -1, -1, 3)
+    tiles = tiles.permute(0, 3, 1, 2)                                      # (n, 3, H, W)
+    factor = max(1, math.ceil(min_tile / max(min(tiles.shape[2:]), 1)))
+    tiles = tiles.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
+    if len(tiles) == 1:  # make_grid returns a lone image without its padding
+        grid = torch.nn.functional.pad(tiles[0], (pad,) * 4, value=1.0)
+    else:
+        grid = make_grid(tiles, nrow=nrow, padding=pad, pad_value=1.0)   # (3, GH, GW)
+    pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def _as_unit_float(images: np.ndarray) -> np.ndarray:
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255.0
+    return np.clip(images, 0.0, 1.0).astype(np.float32)
+
+
+def _font(size: int = 12):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def cluster_sheet(images: np.ndarray, title: str, *, min_tile: int = 32):
+    """A cluster's contact sheet: its images in a square-ish grid under a title line.
+
+    Parameters
+    ----------
+    images : ndarray of shape (n, H, W) or (n, H, W, 3)
+        The cluster's images, most confident first.
+    title : str
+        E.g. ``"cluster 3: 42 images, mean confidence 0.91"``.
+    min_tile : int, default=32
+        Smallest tile side (small images are enlarged).
+
+    Returns
+    -------
+    sheet : PIL.Image.Image
+    """
+    from PIL import Image, ImageDraw
+
+    grid = image_grid(images, math.ceil(math.sqrt(len(images))), min_tile=min_tile)
+    font = _font()
+    left, top, right, bottom = ImageDraw.Draw(grid).textbbox((0, 0), title, font=font)
+    header = bottom - top + 8
+    sheet = Image.new("RGB", (max(grid.width, right - left + 8), grid.height + header), "white")
+    ImageDraw.Draw(sheet).text((4, 4 - top), title, fill="black", font=font)
+    sheet.paste(grid, (0, header))
     return sheet
 
 
+def overview_sheet(rows: Sequence[tuple[str, np.ndarray]], per_row: int, *,
+                   min_tile: int = 48):
+    """One labelled row per cluster: the label, then its first ``per_row`` images.
+
+    Parameters
+    ----------
+    rows : sequence of (str, ndarray)
+        Each cluster's label (``"3: 42 images, conf. 0.91"``) and images, most confident
+        first; all images share one shape.
+    per_row : int
+        Images per row; rows with fewer are filled with white.
+    min_tile : int, default=48
+        Smallest tile side (small images are enlarged).
+
+    Returns
+    -------
+    overview : PIL.Image.Image
+    """
+    from PIL import Image, ImageDraw
+
+    shape = rows[0][1].shape[1:]
+    blank = np.full(shape, 255, dtype=np.uint8)
+    tiles = []
+    for _, images in rows:
+        images = images[:per_row]
+        if images.dtype != np.uint8:
+            images = (_as_unit_float(images) * 255).round().astype(np.uint8)
+        tiles.extend([*images, *([blank] * (per_row - len(images)))])
+    grid = image_grid(np.stack(tiles), per_row, min_tile=min_tile)
+    font = _font()
+    measure = ImageDraw.Draw(grid)
+    margin = max(measure.textbbox((0, 0), label, font=font)[2] for label, _ in rows) + 12
+    sheet = Image.new("RGB", (grid.width + margin, grid.height), "white")
+    sheet.paste(grid, (margin, 0))
+    draw = ImageDraw.Draw(sheet)
+    row_height = (grid.height - 2) / len(rows)
+    for i, (label, _) in enumerate(rows):
+        draw.text((6, 2 + (i + 0.5) * row_height), label, fill="black", font=font, anchor="lm")
+    return sheet

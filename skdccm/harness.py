@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .console import CommandError
+from .console import CommandError, EpochProgress, Progress, one_line
 from .figures import plot_confusion, plot_embedding, plot_learning_curve
 from .metrics import bcubed_precision_recall, clustering_scores
 
@@ -226,8 +226,11 @@ class Run:
 
 
 def fit_one(method: Method, seed: int, images: np.ndarray, pixels: np.ndarray, y: np.ndarray,
-            n_clusters: int, params: dict[str, Any]) -> Run:
-    """Fit one method with one seed and score its labels against ``y``."""
+            n_clusters: int, params: dict[str, Any], progress: Progress | None = None) -> Run:
+    """Fit one method with one seed and score its labels against ``y``.
+
+    With ``progress``, a deep method's epochs are reported there with an ETA.
+    """
     run = Run(method, seed)
     if method.family == "agglomerative" and len(images) > AGGLOMERATIVE_MAX_SAMPLES:
         run.status = "skipped"
@@ -243,7 +246,10 @@ def fit_one(method: Method, seed: int, images: np.ndarray, pixels: np.ndarray, y
     data = images if method.is_deep else pixels
     with PeakMemory() as memory:
         tic = time.perf_counter()
-        estimator.fit(data)
+        if progress is not None and method.is_deep:
+            fit_watched(estimator, data, progress, f"{method.name} seed {seed}")
+        else:
+            estimator.fit(data)
         run.fit_seconds = time.perf_counter() - tic
     run.peak_rss_mb = memory.peak_mb
     if use_cuda:
@@ -258,6 +264,40 @@ def fit_one(method: Method, seed: int, images: np.ndarray, pixels: np.ndarray, y
     run.scores.update(bcubed_precision=precision, bcubed_recall=recall)
     run.estimator = estimator
     return run
+
+
+def fit_watched(estimator, data, progress: Progress, label: str):
+    """``estimator.fit(data)`` reporting its epochs with an ETA (``-v``: one line each).
+
+    The reporting callback is added for this fit only: the fitted estimator keeps its own
+    ``callbacks`` (so that it pickles, and its parameters say what the user set).
+    """
+    from .training import format_record
+
+    own = estimator.callbacks
+    callbacks = [] if own is None else list(own) if isinstance(own, (list, tuple)) else [own]
+    watcher = EpochProgress(progress, label, total=planned_epochs, describe=format_record)
+    estimator.set_params(callbacks=[*callbacks, watcher])
+    try:
+        estimator.fit(data)
+    finally:
+        estimator.set_params(callbacks=own)
+        progress.end_line()
+    return estimator
+
+
+def planned_epochs(estimator) -> int | None:
+    """Epochs a deep estimator's fit runs unless stopped early (pre-training and every
+    initialisation included), from its resolved parameters; None when unknown."""
+    try:
+        params = estimator._resolved_params()
+    except Exception:  # fit reports invalid parameters; the ETA just goes without a total
+        return None
+    max_iter = params.get("max_iter")
+    if not isinstance(max_iter, int):
+        return None
+    trials = (int(params.get("n_init") or 1) - 1) * int(params.get("init_iter") or max_iter)
+    return max_iter + int(params.get("pretrain_epochs") or 0) + trials
 
 
 def _uses_cuda(estimator) -> bool:
@@ -459,6 +499,8 @@ class BenchmarkSettings:
     argv: list[str]
     plots: bool = True
     warmup: bool = True
+    progress: Progress = field(default_factory=Progress)
+    tracebacks: bool = False
 
     @property
     def command(self) -> str:
@@ -568,15 +610,19 @@ def benchmark_dataset(images: np.ndarray, y: np.ndarray, dataset: dict[str, Any]
     if settings.warmup:
         warm_up(settings.methods, images, n_clusters, settings.params)
     record = BenchmarkRecord(settings, started, dataset, environment())
+    progress = settings.progress
+    tic = time.perf_counter()
     for method in settings.methods:
         for seed in range(settings.seeds):
             try:
-                run = fit_one(method, seed, images, pixels, y, n_clusters, settings.params)
+                run = fit_one(method, seed, images, pixels, y, n_clusters, settings.params,
+                              progress)
             except CommandError:
                 raise
             except Exception as exc:  # record and go on: one failure must not lose the rest
-                traceback.print_exc()
-                run = Run(method, seed, status="failed", note=f"{type(exc).__name__}: {exc}")
+                if settings.tracebacks:
+                    traceback.print_exc()
+                run = Run(method, seed, status="failed", note=one_line(exc))
             print(run_line(len(record.runs) + 1, record.planned, run), flush=True)
             if run.status == "ok" and method.name not in record.resolved:
                 record.resolved[method.name] = _estimator_config(run.estimator)
@@ -589,6 +635,8 @@ def benchmark_dataset(images: np.ndarray, y: np.ndarray, dataset: dict[str, Any]
             record.write(out)
             if on_run is not None:
                 on_run(record)
+            progress.update(f"{dataset['name']}: run", len(record.runs), record.planned, tic,
+                            keep=True)
     return record
 
 
