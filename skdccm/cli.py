@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -318,6 +319,8 @@ def run_fit(args: argparse.Namespace) -> int:
     method = _deep_method(args.estimator, "--estimator")
     params = estimator_params(args)
     check_params_used([method], params)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone reports progress
+        args.progress.level = QUIET
     with summarised_warnings(args.progress, "loading"):
         X, y = load_fit_data(args.data, args.size)
     n_clusters = args.n_clusters
