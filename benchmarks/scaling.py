@@ -31,8 +31,8 @@ from pathlib import Path
 def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
-    from skdccm.cli import make_estimator, parse_methods
     from skdccm.datasets import load_dataset
+    from skdccm.harness import make_estimator, parse_methods
     from skdccm.metrics import clustering_scores
 
     X, y = load_dataset(args.dataset, n_samples=args.n_samples)

