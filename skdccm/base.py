@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .data import ArraySource, InputLayout, check_image_size, infer_layout, value_range
 from .distributed import SINGLE_PROCESS, Collective, resolve_strategy
+from .neighbours import pixel_neighbours, resolve_neighbour_count
 from .training import (
     TrainResult,
     TrainSpec,
@@ -102,6 +103,13 @@ class DeepClusteringBase(
                                              device=collective.device)).tolist()
         layout = _with_range(layout, (-bounds[0], bounds[1]))
         source.layout = layout
+
+        self.n_neighbors_ = resolve_neighbour_count(params["n_neighbors"], n_samples,
+                                                    self.n_clusters, layout.sample_shape,
+                                                    type(self).__name__)
+        if self.n_neighbors_:  # data-parallel: neighbours within this rank's shard
+            source.neighbours = pixel_neighbours(source,
+                                                 min(self.n_neighbors_, len(source) - 1))
 
         module, objective = self._seeded_build(layout, params, seed, device)
 

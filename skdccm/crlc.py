@@ -43,7 +43,7 @@ _PAPER = {
     "optimizer": "sgd", "learning_rate": 0.1, "lr_schedule": "constant",
     "weight_decay": 5e-4, "temperature": 0.1, "fc_weight": 10.0, "pc_weight": 1.0,
     "entropy_weight": 2.0, "logit_bound": 25.0, "logit_weight": 0.01, "smoothing": 0.01,
-    "pretrain_epochs": 0,
+    "pretrain_epochs": 0, "n_neighbors": 0,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -54,7 +54,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # losses and their weights are the paper's.
     "default": {**_PAPER, "backbone": "auto", "max_iter": 40, "batch_size": 128,
                 "optimizer": "adam", "learning_rate": 2e-3, "lr_schedule": "cosine",
-                "weight_decay": 0.0},
+                "weight_decay": 0.0, "n_neighbors": "auto"},
 }
 
 #: Seed of the augmented views used to choose the sub-head after training: fixed, so that
@@ -164,12 +164,15 @@ class CRLCObjective(nn.Module):
         """No per-chunk targets: every step is self-contained."""
         return None
 
+    def view(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
+        """One augmented view (the images themselves without augmentation)."""
+        if self.augmentation is None:
+            return images
+        return contrastive_view(images, self.augmentation, self.value_range, generator)
+
     def views(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
         """Two independent views stacked view by view: ``(2n, ...)``."""
-        if self.augmentation is None:
-            return torch.cat([images, images])
-        return torch.cat([contrastive_view(images, self.augmentation, self.value_range,
-                                           generator) for _ in range(2)])
+        return torch.cat([self.view(images, generator) for _ in range(2)])
 
     def batchnorm_input(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """The two augmented views: CRLC trains on nothing else, so BatchNorm statistics of
@@ -178,15 +181,24 @@ class CRLCObjective(nn.Module):
         return self.views(images, generator)
 
     def step(self, module: nn.Module, images: Tensor, targets: None, index: Tensor,
-             generator: torch.Generator,
-             collective: Collective = SINGLE_PROCESS) -> StepResult:
+             generator: torch.Generator, collective: Collective = SINGLE_PROCESS,
+             partners: Tensor | None = None) -> StepResult:
         """CRLC's loss on one minibatch of n images (2n rows).
+
+        ``partners``: each image or one of its nearest neighbours (``n_neighbors``); the
+        second view is then drawn from the partner, so both the FC and the PC loss treat
+        a neighbour as the positive (as NNCLR and SCAN do in a learned feature space).
 
         Data-parallel: ``images`` are this rank's part of the minibatch; projections and
         logits of both views are gathered (with gradient), so the contrastive negatives and
         the batch-marginal entropy are those of the whole minibatch.
         """
-        out = module(self.views(images, collective.augmentation_generator(generator)))
+        view_generator = collective.augmentation_generator(generator)
+        if partners is None:
+            out = module(self.views(images, view_generator))
+        else:
+            out = module(torch.cat([self.view(images, view_generator),
+                                    self.view(partners, view_generator)]))
         projection = collective.gather(out.projection.float(), groups=2)  # (2n, P)
         n = projection.shape[0] // 2
         z1, z2 = projection.split(n)                                      # (n, P) each
@@ -375,6 +387,12 @@ class or instance, default=None
     freeze_encoder : bool, default=False
         Keep the backbone fixed (weights and BatchNorm statistics) while the full loss
         trains: after pre-training, or with ``backbone_weights``.
+    n_neighbors : int or "auto", default=None
+        Pair each image with one of its ``n_neighbors`` nearest neighbours in pixel space
+        (after PCA), mined once before training: the second view is drawn from the image
+        or a neighbour, a positive pair for both the FC and the PC loss. ``"auto"``: a
+        quarter of the mean cluster size, at most 20, for grey images and flat features,
+        0 for colour images (see :mod:`skdccm.neighbours`). Paper: 0; default: ``"auto"``.
     augmentation : str or ContrastiveAugmentation, default="auto"
         ``"auto"`` (``"digits"`` for grey images, ``"large"`` for colour images of 64 pixels
         or more, ``"cifar"`` otherwise, ``"features"`` for flat features), ``"cifar"``,
@@ -441,6 +459,8 @@ class or instance, default=None
         Device used for training (and for prediction where available).
     preset_params_ : dict
         The resolved value of every preset-controlled parameter.
+    n_neighbors_ : int
+        Neighbours mined per image (``n_neighbors`` resolved; 0: none).
 
     See Also
     --------
@@ -496,6 +516,7 @@ class or instance, default=None
         smoothing: float | None = None,
         pretrain_epochs: int | None = None,
         freeze_encoder: bool = False,
+        n_neighbors: int | str | None = None,
         augmentation: Any = "auto",
         device: str = "auto",
         precision: str = "auto",
@@ -534,6 +555,7 @@ class or instance, default=None
         self.smoothing = smoothing
         self.pretrain_epochs = pretrain_epochs
         self.freeze_encoder = freeze_encoder
+        self.n_neighbors = n_neighbors
         self.augmentation = augmentation
         self.device = device
         self.precision = precision

@@ -173,6 +173,9 @@ class ArraySource:
         self.layout = layout
         self.device = device
         self._resident: Tensor | None = None
+        #: ``(n, k + 1)`` indices of each sample and its ``k`` nearest neighbours (on
+        #: ``device``), mined by the estimator when it pairs images with neighbours.
+        self.neighbours: Tensor | None = None
         if device.type != "cpu" and _fits_on_device(array.nbytes, device, device_fraction):
             self._resident = torch.from_numpy(np.ascontiguousarray(array)).to(device)
 

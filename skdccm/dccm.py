@@ -62,7 +62,7 @@ _PAPER = {
     "learning_rate": 1e-4, "lr_schedule": "constant", "weight_decay": 0.0,
     "alpha": 5.0, "beta": 0.1, "graph_threshold": 0.95, "confidence_threshold": 0.9,
     "pseudo_label_loss": "ce", "original_view_loss": True, "balance_weight": 0.0,
-    "bn_batch_stats": True, "n_negatives": 2, "mi_hidden": 512,
+    "bn_batch_stats": True, "n_negatives": 2, "mi_hidden": 512, "n_neighbors": 0,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -83,7 +83,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": {**_PAPER, "max_iter": 25, "batch_size": 128, "target_batch_size": 1024,
                 "passes_per_target": 1, "draws_per_batch": 1, "optimizer": "adam",
                 "learning_rate": 3e-3, "lr_schedule": "cosine", "balance_weight": 1.0,
-                "bn_batch_stats": False, "mi_hidden": 64},
+                "bn_batch_stats": False, "mi_hidden": 64, "n_neighbors": "auto"},
 }
 
 
@@ -208,9 +208,13 @@ class DCCMObjective(nn.Module):
                             collective.local_part(labels), stats)
 
     def step(self, module: nn.Module, images: Tensor, targets: ChunkTargets, index: Tensor,
-             generator: torch.Generator,
-             collective: Collective = SINGLE_PROCESS) -> StepResult:
+             generator: torch.Generator, collective: Collective = SINGLE_PROCESS,
+             partners: Tensor | None = None) -> StepResult:
         """DCCM's loss (Eq. 15) on one minibatch of n images.
+
+        ``partners``: each image or one of its nearest neighbours (``n_neighbors``); the
+        augmented view is then drawn from the partner and held to the image's own targets,
+        which extends local robustness from perturbations of an image to its neighbourhood.
 
         Data-parallel: ``images`` and ``index`` are this rank's part of the minibatch; the
         pseudo-graph and pseudo-label losses are those of the whole minibatch (gathered),
@@ -224,7 +228,8 @@ class DCCMObjective(nn.Module):
 
         views = [images] if self.original_view else []
         if self.augmentation is not None:
-            views.append(dccm_view(images, self.augmentation, self.value_range,
+            views.append(dccm_view(images if partners is None else partners,
+                                   self.augmentation, self.value_range,
                                    collective.augmentation_generator(generator)))
         out = module(torch.cat(views))                                   # V*m local rows
         logits = collective.gather(out.logits.float(), groups=len(views))  # (V*n, K)
@@ -380,6 +385,12 @@ or instance
         Width of the MI discriminator's two hidden 1x1-convolution layers (paper and
         released code: 512; default: 64, which trains 1.8x faster than 512 on 8x8 digits
         and twice as fast as 128 on MNIST, at about the same accuracy).
+    n_neighbors : int or "auto", default=None
+        Pair each image with one of its ``n_neighbors`` nearest neighbours in pixel space
+        (after PCA), mined once before training: the augmented view is drawn from the
+        image or a neighbour and held to the image's targets. ``"auto"``: a quarter of the
+        mean cluster size, at most 20, for grey images and flat features, 0 for colour
+        images (see :mod:`skdccm.neighbours`). Paper: 0; default: ``"auto"``.
     ablation : {"M1", "M2", "M3", "M4"}, default=None
         The paper's Table 3: M1 pseudo-graph only, M2 + local robustness, M3 + pseudo-labels,
         M4 + mutual information (the full method, also what None means).
@@ -447,6 +458,8 @@ or instance
         Device used for training (and for prediction where available).
     preset_params_ : dict
         The resolved value of every preset-controlled parameter.
+    n_neighbors_ : int
+        Neighbours mined per image (``n_neighbors`` resolved; 0: none).
 
     See Also
     --------
@@ -497,6 +510,7 @@ or instance
         bn_batch_stats: bool | None = None,
         n_negatives: int | None = None,
         mi_hidden: int | None = None,
+        n_neighbors: int | str | None = None,
         ablation: str | None = None,
         augmentation: Any = "auto",
         device: str = "auto",
@@ -539,6 +553,7 @@ or instance
         self.bn_batch_stats = bn_batch_stats
         self.n_negatives = n_negatives
         self.mi_hidden = mi_hidden
+        self.n_neighbors = n_neighbors
         self.ablation = ablation
         self.augmentation = augmentation
         self.device = device

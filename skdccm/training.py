@@ -347,9 +347,11 @@ class ObjectiveStep(nn.Module):
         self.collective = collective
 
     def forward(self, images: Tensor, targets: Any, index: Tensor,
-                generator: torch.Generator) -> StepResult:
+                generator: torch.Generator, partners: Tensor | None = None) -> StepResult:
+        # Only objectives trained with neighbours are asked to take them.
+        extra = {} if partners is None else {"partners": partners}
         return self.objective.step(self.module, images, targets, index, generator,
-                                   self.collective)
+                                   self.collective, **extra)
 
 
 def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: TrainSpec,
@@ -429,9 +431,11 @@ def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: Tra
                             lr = learning_rate_at(step, total_steps, spec)
                             for group in optimizer.param_groups:
                                 group["lr"] = lr
+                            partners = _draw_partners(data, chunk_dev[batch_dev],
+                                                      device_generator)
                             with _autocast(device, amp_dtype):
                                 result = stepper(images[batch_dev], targets, batch_dev,
-                                                 device_generator)
+                                                 device_generator, partners)
                             optimizer.zero_grad(set_to_none=True)
                             scaler.scale(result.loss).backward()
                             scaler.step(optimizer)
@@ -490,6 +494,17 @@ def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: Tra
         return TrainResult(module, objective, history, len(history), state=paused)
     finish_training(module, objective, data, spec.batch_size)
     return TrainResult(module, objective, history, len(history), interrupted, stopped_by)
+
+
+def _draw_partners(data: ArraySource, rows: Tensor,
+                   generator: torch.Generator) -> Tensor | None:
+    """For each sample at ``rows``, itself or one of its mined neighbours, drawn uniformly
+    (None when the data has no neighbours)."""
+    if data.neighbours is None:
+        return None
+    column = torch.randint(data.neighbours.shape[1], (rows.shape[0],), generator=generator,
+                           device=data.neighbours.device)
+    return data.gather(data.neighbours[rows, column])
 
 
 def finish_training(module: nn.Module, objective: nn.Module, data: ArraySource,

@@ -1,0 +1,115 @@
+"""Neighbour mining: exact against a float64 brute force, and its use in training."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from skdccm import CRLCClustering, DCCMClustering
+from skdccm.data import ArraySource, infer_layout
+from skdccm.neighbours import (
+    auto_neighbour_count,
+    nearest_neighbours,
+    pixel_neighbours,
+    principal_components,
+    resolve_neighbour_count,
+)
+
+
+def brute_force(features: np.ndarray, k: int) -> np.ndarray:
+    x = features.astype(np.float64)
+    distance = ((x[:, None] - x[None]) ** 2).sum(-1)
+    np.fill_diagonal(distance, np.inf)
+    return np.concatenate([np.arange(len(x))[:, None],
+                           np.argsort(distance, axis=1, kind="stable")[:, :k]], axis=1)
+
+
+@pytest.mark.parametrize("batch_size", [7, 2048])
+def test_nearest_neighbours_match_float64_brute_force(batch_size):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5)).astype(np.float32)
+    got = nearest_neighbours(torch.from_numpy(x), 4, batch_size=batch_size).numpy()
+    np.testing.assert_array_equal(got, brute_force(x, 4))
+
+
+def test_nearest_neighbours_rejects_k_out_of_range():
+    with pytest.raises(ValueError, match="k=5"):
+        nearest_neighbours(torch.zeros(5, 2), 5)
+
+
+def test_principal_components_keep_the_top_variance_directions():
+    rng = np.random.default_rng(1)
+    # Variance 100 along axis 0, 25 along axis 1, 1e-4 elsewhere.
+    x = rng.normal(size=(500, 6)) * np.array([10.0, 5.0, 1e-2, 1e-2, 1e-2, 1e-2])
+    projected = principal_components(torch.from_numpy(x).float(), 2).numpy()
+    assert projected.shape == (500, 2)
+    np.testing.assert_allclose(sorted(projected.var(axis=0)), [25, 100], rtol=0.15)
+    np.testing.assert_allclose(projected.mean(axis=0), 0, atol=1e-4)
+
+
+def test_pixel_neighbours_of_digits_are_mostly_the_same_digit():
+    digits = load_digits()
+    images = digits.images.astype(np.float32)
+    layout = infer_layout(images.shape, images.dtype, image_shape=None, channels=None,
+                          owner="test")
+    source = ArraySource(images, layout, torch.device("cpu"))
+    table = pixel_neighbours(source, 5).numpy()
+    assert table.shape == (len(images), 6)
+    np.testing.assert_array_equal(table[:, 0], np.arange(len(images)))
+    same = (digits.target[table[:, 1:]] == digits.target[:, None]).mean()
+    assert same > 0.95  # measured 0.98; a random table gives 0.1
+
+
+def test_auto_count_follows_cluster_size_and_channels():
+    assert auto_neighbour_count(400, 40, (1, 32, 32)) == 2
+    assert auto_neighbour_count(100, 50, (1, 32, 32)) == 1
+    assert auto_neighbour_count(70000, 10, (784,)) == 20
+    assert auto_neighbour_count(5000, 10, (3, 32, 32)) == 0
+    assert resolve_neighbour_count("auto", 400, 40, (1, 32, 32), "X") == 2
+    assert resolve_neighbour_count(50, 10, 2, (4,), "X") == 9  # capped at n - 1
+    for bad in (-1, 1.5, "many", True):
+        with pytest.raises(ValueError, match="n_neighbors"):
+            resolve_neighbour_count(bad, 400, 40, (1, 32, 32), "X")
+
+
+@pytest.mark.parametrize("cls", [DCCMClustering, CRLCClustering])
+def test_training_draws_partners_from_the_neighbour_table(cls, monkeypatch):
+    """With neighbours, every step's partners are the batch's images or their neighbours."""
+    import skdccm.training as training
+
+    seen = []
+    original = training._draw_partners
+
+    def spy(data, rows, generator):
+        partners = original(data, rows, generator)
+        seen.append((data.neighbours[rows].clone(), partners.clone(), data))
+        return partners
+
+    monkeypatch.setattr(training, "_draw_partners", spy)
+    X = load_digits().images[:120]
+    est = cls(n_clusters=3, max_iter=1, batch_size=40, n_neighbors=3, random_state=0).fit(X)
+    assert est.n_neighbors_ == 3 and seen
+    for table, partners, data in seen:
+        candidates = torch.stack([data.gather(table[:, j]) for j in range(table.shape[1])])
+        match = (candidates == partners[None]).flatten(2).all(-1).any(0)
+        assert match.all()
+        # Not always the image itself: some rows drew a neighbour.
+        assert not torch.equal(partners, data.gather(table[:, 0]))
+
+
+@pytest.mark.parametrize("cls", [DCCMClustering, CRLCClustering])
+def test_without_neighbours_no_partners_are_drawn(cls, monkeypatch):
+    import skdccm.training as training
+
+    calls = []
+    monkeypatch.setattr(training, "_draw_partners",
+                        lambda data, rows, generator: calls.append(data.neighbours))
+    X = load_digits().images[:60]
+    est = cls(n_clusters=3, max_iter=1, n_neighbors=0, random_state=0).fit(X)
+    assert est.n_neighbors_ == 0 and calls and all(c is None for c in calls)
+
+
+def test_paper_presets_mine_no_neighbours():
+    X = load_digits().images[:60]
+    assert DCCMClustering(n_clusters=3, preset="paper", max_iter=1, batch_size=30,
+                          random_state=0).fit(X).n_neighbors_ == 0
