@@ -23,8 +23,10 @@ import torch
 
 import skdccm.dccm as dccm_module
 import skdccm.training as training
+from skdccm import CRLCClustering
 from skdccm.data import ArraySource, infer_layout
 from skdccm.dccm import DCCMObjective
+from skdccm.networks import ClusteringHeads
 from skdccm.training import (
     CHECKPOINT_NAME,
     EarlyStop,
@@ -583,18 +585,44 @@ def test_learning_rate_schedules():
 
 def test_optimizer_choices_and_weight_decay_groups():
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
-    params = list(model.parameters())
-    rmsprop = make_optimizer(params, spec(optimizer="rmsprop", learning_rate=1e-4,
-                                          weight_decay=0.1))
+    frozen = torch.nn.Linear(2, 2).requires_grad_(False)
+    rmsprop = make_optimizer((model, frozen), spec(optimizer="rmsprop", learning_rate=1e-4,
+                                                   weight_decay=0.1))
     assert isinstance(rmsprop, torch.optim.RMSprop)
     assert rmsprop.defaults["alpha"] == 0.9                 # DCCM's smoothing
     decayed, plain = rmsprop.param_groups
-    assert [p.ndim for p in decayed["params"]] == [2] and decayed["weight_decay"] == 0.1
-    assert all(p.ndim == 1 for p in plain["params"]) and plain["weight_decay"] == 0.0
-    assert isinstance(make_optimizer(params, spec(optimizer="sgd")), torch.optim.SGD)
-    assert isinstance(make_optimizer(params, spec(optimizer="adamw")), torch.optim.AdamW)
+    assert decayed["params"] == [model[0].weight] and decayed["weight_decay"] == 0.1
+    assert plain["params"] == [model[0].bias, model[1].weight, model[1].bias]
+    assert plain["weight_decay"] == 0.0
+    assert isinstance(make_optimizer((model,), spec(optimizer="sgd")), torch.optim.SGD)
+    assert isinstance(make_optimizer((model,), spec(optimizer="adamw")), torch.optim.AdamW)
     with pytest.raises(ValueError, match=r"unknown optimizer 'lbfgs'.*'rmsprop'"):
-        make_optimizer(params, spec(optimizer="lbfgs"))
+        make_optimizer((model,), spec(optimizer="lbfgs"))
+
+
+def test_batched_sub_head_biases_are_not_weight_decayed():
+    # CRLC's sub-head biases are (H, 1, D): a bias by name and role, a matrix by shape.
+    heads = ClusteringHeads(8, n_clusters=3, n_heads=2, hidden=5)
+    norm = torch.nn.LayerNorm(8)                        # a 1-D weight: not decayed either
+    decayed, plain = make_optimizer((heads, norm), spec(weight_decay=5e-4)).param_groups
+    assert decayed["params"] == [heads.hidden_weight, heads.out_weight]
+    assert plain["params"] == [heads.hidden_bias, heads.out_bias, norm.weight, norm.bias]
+    assert heads.hidden_bias.shape == (2, 1, 5)
+
+
+def test_weight_decay_leaves_biases_of_a_trained_model_alone(X):
+    """SGD without gradient moves only what weight decay pulls on: zero the loss, and the
+    biases of the paper preset's sub-heads stay where they started."""
+    params = {"n_clusters": 3, "max_iter": 1, "n_heads": 2, "hidden_dim": 8,
+              "batch_size": 16, "device": "cpu", "random_state": 0, "optimizer": "sgd",
+              "weight_decay": 0.5, "fc_weight": 0.0, "pc_weight": 0.0, "entropy_weight": 0.0,
+              "logit_weight": 0.0, "learning_rate": 0.1}
+    start = CRLCClustering(**{**params, "weight_decay": 0.0}).fit(X).module_.heads
+    heads = CRLCClustering(**params).fit(X).module_.heads
+    assert torch.equal(heads.hidden_bias, start.hidden_bias)
+    # Clusters are renumbered by size after fitting: compare each head's biases as sets.
+    assert torch.equal(heads.out_bias.sort(dim=-1).values, start.out_bias.sort(dim=-1).values)
+    assert not torch.equal(heads.out_weight, start.out_weight)           # decay did act
 
 
 def test_resolve_device():
