@@ -481,8 +481,7 @@ def run_reference(method: str, args: argparse.Namespace, X: np.ndarray,
     )
     # Un-augmented images for the targets and DCCM's original-view terms: (N, C, H, W).
     originals = setup.source.gather(torch.arange(len(X_train)))
-    params = [p for p in (*module.parameters(), *objective.parameters()) if p.requires_grad]
-    optimizer = make_optimizer(params, spec)
+    optimizer = make_optimizer((module, objective), spec)
     amp_dtype = autocast_dtype(spec.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     warmup_steps = plan["steps_per_epoch"]

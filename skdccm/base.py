@@ -26,7 +26,15 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch import Tensor, nn
 
-from .data import ArraySource, InputLayout, check_image_size, infer_layout, value_range
+from .data import (
+    ArraySource,
+    InputLayout,
+    as_array,
+    check_image_size,
+    check_is_batch,
+    infer_layout,
+    value_range,
+)
 from .distributed import SINGLE_PROCESS, Collective, resolve_strategy
 from .neighbours import pixel_neighbours, resolve_neighbour_count
 from .training import (
@@ -36,9 +44,10 @@ from .training import (
     train,
 )
 
-#: dtypes kept as stored; anything else numeric (int64 arrays, lists, mixed frames) is
-#: converted to the first one, float32. uint8 must not come first: check_array casts
-#: every other dtype to the list's first entry, which would truncate floats and wrap ints.
+#: dtypes kept as stored; anything else numeric (int64 arrays, mixed frames) is converted
+#: to the first one, float32 (lists and tensors are NumPy arrays by then: data.as_array).
+#: uint8 must not come first: check_array casts every other dtype to the list's first
+#: entry, which would truncate floats and wrap ints.
 STORED_DTYPES = (np.float32, np.uint8, np.float64)
 
 #: Inference batches smaller than this are tiled up to it. On CPU, the matrix-multiply kernels
@@ -73,7 +82,9 @@ class DeepClusteringBase(
         ----------
         X : array-like of shape (n_samples, n_features), (n_samples, H, W), \
 (n_samples, H, W, C) or (n_samples, C, H, W)
-            Training samples. uint8 images are scaled to [0, 1]; floats are used as given.
+            Training samples; lists, torch tensors and lists of PIL images are read as the
+            equivalent NumPy array. uint8 images are scaled to [0, 1]; floats are used as
+            given.
             2-D input is flat features, or flattened images when ``image_shape`` is set.
         y : Ignored
             Not used, present for API consistency.
@@ -296,6 +307,7 @@ class DeepClusteringBase(
 
     def _validate_input(self, X, *, reset: bool) -> tuple[np.ndarray, InputLayout]:
         name = type(self).__name__
+        X = as_array(X, name)  # before check_array casts lists and tensors to float32
         shape = None
         if not reset and not sparse.issparse(X):  # sparse: scikit-learn's advice comes first
             # Compare image sizes before scikit-learn's feature-count check, whose message
@@ -303,6 +315,8 @@ class DeepClusteringBase(
             # 2-D input given to a model fitted on 3-D/4-D images is compared the same way;
             # flat-on-flat keeps scikit-learn's own feature-count message.
             shape = _shape_of(X)
+            if shape is not None:
+                check_is_batch(shape, self.input_shape_, name)
             if shape is not None and (len(shape) > 2 or (
                     len(shape) == 2 and self.image_shape is None
                     and len(self.input_shape_) != 1)):

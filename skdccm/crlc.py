@@ -309,8 +309,9 @@ class CRLCClustering(DeepClusteringBase):
       (torchvision retries, then crops the centre).
     - No dataset normalisation: the backbone's first convolution is followed by BatchNorm,
       which absorbs a per-channel affine normalisation.
-    - Each logit penalty is a mean over the batch and the K logits (our normalisation), and
-      both contrastive losses are computed in float32 even under mixed precision.
+    - Each logit penalty is a mean over the batch and the K logits (our normalisation): at
+      the same ``logit_weight`` it is 2/K of the released code's penalty. Both contrastive
+      losses are computed in float32 even under mixed precision.
     - Grey images get digit-safe views by default (no flip; crops of at least 30% of the
       area, turned by up to 20 degrees, a rotation CRLC's recipe does not have; brightness
       and contrast jitter only). Flat features get Gaussian feature noise, since image

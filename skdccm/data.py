@@ -121,6 +121,83 @@ def infer_layout(
     )
 
 
+def as_array(X, owner: str):
+    """Tensors, PIL images and lists of samples as NumPy arrays of the dtype they hold.
+
+    scikit-learn's ``check_array`` finds no NumPy dtype on a list, a tensor or a PIL image
+    and casts it to the first accepted dtype, float32: uint8 pixels would then skip the
+    scaling to [0, 1] that the same pixels get as a uint8 array. Converted here first, every
+    container means what the equivalent NumPy array means. NumPy arrays and memory maps
+    (never copied), DataFrames (scikit-learn keeps their column names), sparse matrices and
+    anything else pass through unchanged.
+
+    Parameters
+    ----------
+    X : object
+        What the user passed as ``X``.
+    owner : str
+        Estimator name used in error messages.
+    """
+    if isinstance(X, np.ndarray):
+        return X
+    if isinstance(X, Tensor):
+        return _tensor_as_array(X)
+    if isinstance(X, (list, tuple)):
+        samples = [_tensor_as_array(x) if isinstance(x, Tensor) else x for x in X]
+        try:
+            return np.asarray(samples)
+        except ValueError:
+            raise ValueError(_ragged_message(samples, owner)) from None
+    if hasattr(X, "__array_interface__"):  # a PIL image
+        return np.asarray(X)
+    return X
+
+
+def _tensor_as_array(tensor: Tensor) -> np.ndarray:
+    """The tensor's values on the host, sharing memory with a CPU tensor; same dtype."""
+    if tensor.is_floating_point() and tensor.dtype not in (torch.float16, torch.float32,
+                                                           torch.float64):
+        tensor = tensor.float()  # bfloat16 and float8 have no NumPy dtype; float32 is exact
+    return tensor.numpy(force=True)  # detached (requires_grad), on the host
+
+
+def _ragged_message(samples: list, owner: str) -> str:
+    shapes = []
+    for sample in samples:
+        try:
+            shapes.append(np.shape(sample))
+        except ValueError:  # a ragged nested list inside the sample
+            shapes.append(None)
+    first = next((i for i, s in enumerate(shapes) if s != shapes[0]), None)
+    detail = ("" if first is None or None in (shapes[0], shapes[first]) else
+              f" (sample 0 has shape {shapes[0]}, sample {first} has {shapes[first]})")
+    return (f"{owner}: X is a list of samples of different shapes{detail}; give every "
+            "sample the same shape (resize images to one size and one number of channels)")
+
+
+def check_is_batch(shape: tuple[int, ...], fitted: tuple[int, ...], owner: str) -> None:
+    """Raise with the fix when ``X`` is one image of the fitted size rather than a batch.
+
+    ``predict(X[0])`` on a model of ``(1, 8, 8)`` images passes an ``(8, 8)`` array, which
+    reads as 8 samples of 8 features. Shapes that are also a valid batch (``(1, H, W)`` for
+    a grey model: one grey image) are left alone.
+    """
+    shape = tuple(shape)
+    if len(fitted) != 3 or len(shape) not in (2, 3):
+        return
+    c, h, w = fitted
+    if len(shape) == 2:
+        one_image, as_batch = c == 1 and shape == (h, w), shape[1] == c * h * w
+    else:
+        one_image, as_batch = shape in ((c, h, w), (h, w, c)), c == 1 and shape[1:] == (h, w)
+    if one_image and not as_batch:
+        raise ValueError(
+            f"{owner}: X has shape {shape}, one image of the size the model was fitted on "
+            f"{tuple(fitted)}, but X must hold a batch of images; pass one image as "
+            "X[None] (or np.expand_dims(X, 0))"
+        )
+
+
 def check_image_size(layout: InputLayout, fitted: tuple[int, ...], owner: str) -> None:
     """Raise when samples given to ``predict`` differ from those seen in ``fit``."""
     if layout.sample_shape != tuple(fitted):

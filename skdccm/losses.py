@@ -46,8 +46,13 @@ def cosine_similarity_matrix(probs: Tensor, eps: float = 1e-8) -> Tensor:
             [0.6000, 1.0000, 0.6000],
             [1.0000, 0.6000, 1.0000]])
     """
-    unit = probs / probs.norm(dim=1, keepdim=True).clamp_min(eps)   # (N, K)
-    return unit @ unit.T                                            # (N, N)
+    # Autocast off: in bf16 or fp16 every similarity above 0.998 rounds to 1, which the
+    # pseudo-graph's threshold (0.95) cannot resolve and whose BCE clamp (1 - 1e-7) rounds
+    # back to 1, so log(1 - S) gave a NaN loss at every step.
+    with torch.autocast(device_type=probs.device.type, enabled=False):
+        probs = probs.to(torch.promote_types(probs.dtype, torch.float32))  # float64 stays
+        unit = probs / probs.norm(dim=1, keepdim=True).clamp_min(eps)   # (N, K)
+        return unit @ unit.T                                            # (N, N)
 
 
 def pseudo_graph(probs: Tensor, threshold: float) -> Tensor:

@@ -160,14 +160,43 @@ def use_channels_last(requested: bool | None, module: nn.Module,
     return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in module.modules())
 
 
-def make_optimizer(params: Sequence[nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
-    """RMSprop (DCCM paper: smoothing 0.9), Adam/AdamW or SGD with momentum.
+#: Layers whose parameters are per-channel scales and shifts: never weight-decayed.
+NORMALISATION_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
-    Weight decay, when set, applies to weight matrices and kernels only (not to biases or
-    normalisation parameters).
+
+def weight_decay_split(modules: Sequence[nn.Module]) -> tuple[list[nn.Parameter],
+                                                              list[nn.Parameter]]:
+    """The trainable parameters of ``modules``, as (decayed, not decayed).
+
+    Biases and normalisation layers' parameters are not decayed, decided by name and layer
+    type rather than by shape: CRLC's batched sub-head biases are ``(H, 1, D)`` tensors,
+    which a rule such as ``ndim > 1`` would take for weight matrices. Each parameter is
+    listed once, in ``parameters()`` order.
     """
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for root in modules:
+        for layer in root.modules():
+            for name, param in layer.named_parameters(recurse=False):
+                if not param.requires_grad or id(param) in seen:
+                    continue
+                seen.add(id(param))
+                if isinstance(layer, NORMALISATION_LAYERS) or name.endswith("bias"):
+                    no_decay.append(param)
+                else:
+                    decay.append(param)
+    return decay, no_decay
+
+
+def make_optimizer(modules: Sequence[nn.Module], spec: TrainSpec) -> torch.optim.Optimizer:
+    """RMSprop (DCCM paper: smoothing 0.9), Adam/AdamW or SGD with momentum, over the
+    trainable parameters of ``modules``.
+
+    Weight decay, when set, applies to weight matrices and kernels only, not to biases or
+    normalisation parameters (:func:`weight_decay_split`).
+    """
+    decay, no_decay = weight_decay_split(modules)
     groups = [{"params": decay, "weight_decay": spec.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     lr = spec.learning_rate
@@ -361,8 +390,7 @@ def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: Tra
            state: dict[str, Any] | None = None) -> TrainResult:
     device = data.device
     n = len(data)
-    params = [p for p in (*module.parameters(), *objective.parameters()) if p.requires_grad]
-    optimizer = make_optimizer(params, spec)
+    optimizer = make_optimizer((module, objective), spec)
     per_epoch = steps_per_epoch(n, spec)
     total_steps = per_epoch * spec.max_epochs
     learning_rate_at(0, total_steps, spec)  # fail early on an unknown schedule

@@ -14,7 +14,7 @@ from sklearn.datasets import load_digits, make_blobs
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from skdccm import CRLCClustering
-from skdccm.crlc import PRESETS, head_losses, resolve_backbone
+from skdccm.crlc import PRESETS, CRLCObjective, head_losses, resolve_backbone
 from skdccm.data import ArraySource, infer_layout
 from skdccm.networks import MLP, ShallowAlexNet
 from skdccm.training import refresh_batchnorm_statistics
@@ -247,6 +247,84 @@ def test_two_stage_checkpoints_resume_without_retraining(digits, tmp_path: Path)
     assert [r["stage"] for r in resumed.history_] == ["pretrain", "cluster"]
     np.testing.assert_array_equal(resumed.labels_, first.labels_)
     np.testing.assert_array_equal(resumed.head_losses_, first.head_losses_)
+
+
+def interrupting_step(monkeypatch, after_records: int) -> list:
+    """Raise KeyboardInterrupt at the first step after ``after_records`` epoch records (both
+    stages count); returns the list of records, to pass as the fit's callback."""
+    records = []
+    original = CRLCObjective.step
+
+    def step(self, *args, **kwargs):
+        if len(records) == after_records:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CRLCObjective, "step", step)
+    return records
+
+
+def assert_same_crlc_fit(actual, expected):
+    """Labels, sub-head losses and choice, every weight and every epoch's loss."""
+    np.testing.assert_array_equal(actual.labels_, expected.labels_)
+    np.testing.assert_array_equal(actual.head_losses_, expected.head_losses_)
+    assert actual.selected_head_ == expected.selected_head_
+    weights, reference = actual.module_.state_dict(), expected.module_.state_dict()
+    assert weights.keys() == reference.keys()
+    for key in weights:
+        assert torch.equal(weights[key], reference[key]), key
+    assert ([(r["stage"], r["loss"]) for r in actual.history_]
+            == [(r["stage"], r["loss"]) for r in expected.history_])
+
+
+@pytest.mark.parametrize("freeze_encoder", [False, True])
+def test_interrupted_clustering_resumes_to_the_uninterrupted_run(digits, tmp_path: Path,
+                                                                 monkeypatch, freeze_encoder):
+    X, _ = digits
+    params = {**TINY, "max_iter": 3, "pretrain_epochs": 1, "random_state": 0,
+              "freeze_encoder": freeze_encoder}
+    # Pre-training epoch 1 and clustering epoch 1 end; clustering epoch 2 of 3 is cut short.
+    records = interrupting_step(monkeypatch, after_records=2)
+    with pytest.warns(RuntimeWarning, match="interrupted during epoch 2"):
+        interrupted = CRLCClustering(**params, checkpoint_dir=str(tmp_path),
+                                     callbacks=lambda est, record: records.append(record)
+                                     ).fit(X)
+    monkeypatch.undo()
+    assert [r["stage"] for r in interrupted.history_] == ["pretrain", "cluster"]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+    resumed = CRLCClustering(**params, checkpoint_dir=str(tmp_path), resume=True).fit(X)
+    full = CRLCClustering(**params).fit(X)
+    assert full.n_iter_ == resumed.n_iter_ == 4
+    assert_same_crlc_fit(resumed, full)
+    if freeze_encoder:  # the clustering stage left the pre-trained backbone as it was
+        pretrained = CRLCClustering(**{**params, "max_iter": 1}).fit(X)
+        for key, value in pretrained.module_.backbone.state_dict().items():
+            if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+                assert torch.equal(full.module_.backbone.state_dict()[key], value), key
+
+
+def test_interrupted_pretraining_keeps_a_model_and_resumes(digits, tmp_path: Path,
+                                                           monkeypatch):
+    X, _ = digits
+    params = {**TINY, "max_iter": 1, "pretrain_epochs": 2, "random_state": 0}
+    records = interrupting_step(monkeypatch, after_records=1)   # in pre-training epoch 2
+    with pytest.warns(RuntimeWarning, match="interrupted during epoch 2"):
+        interrupted = CRLCClustering(**params, checkpoint_dir=str(tmp_path),
+                                     callbacks=lambda est, record: records.append(record)
+                                     ).fit(X)
+    monkeypatch.undo()
+    # A usable model of one pre-training epoch, with a sub-head chosen; no clustering yet.
+    assert [r["stage"] for r in interrupted.history_] == ["pretrain"]
+    assert interrupted.head_losses_.shape == (TINY["n_heads"],)
+    np.testing.assert_array_equal(interrupted.predict(X), interrupted.labels_)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+    resumed = CRLCClustering(**params, checkpoint_dir=str(tmp_path), resume=True).fit(X)
+    full = CRLCClustering(**params).fit(X)
+    assert [r["stage"] for r in resumed.history_] == ["pretrain", "pretrain", "cluster"]
+    assert resumed.history_[0] == interrupted.history_[0]   # read back, not trained again
+    assert_same_crlc_fit(resumed, full)
 
 
 def test_frozen_encoder_keeps_given_backbone_weights(fitted, digits, tmp_path: Path):

@@ -12,7 +12,9 @@ import torch
 from skdccm.data import (
     ArraySource,
     InputLayout,
+    as_array,
     check_image_size,
+    check_is_batch,
     even_splits,
     infer_layout,
     shuffled_batches,
@@ -143,6 +145,38 @@ def test_check_image_size_message():
                                          r"\(1, 9, 9\)"):
         check_image_size(layout, (1, 8, 8), "Est")
     check_image_size(layout_of((3, 8, 8)), (1, 8, 8), "Est")
+
+
+@pytest.mark.parametrize(("shape", "fitted"), [
+    ((8, 8), (1, 8, 8)), ((3, 8, 8), (3, 8, 8)), ((8, 8, 3), (3, 8, 8)),
+    ((8, 8, 1), (1, 8, 8)),
+])
+def test_check_is_batch_refuses_one_image(shape, fitted):
+    with pytest.raises(ValueError, match=r"^Est: X has shape .* X\[None\]"):
+        check_is_batch(shape, fitted, "Est")
+
+
+@pytest.mark.parametrize(("shape", "fitted"), [
+    ((1, 8, 8), (1, 8, 8)),    # one grey image, already a batch
+    ((8, 64), (1, 8, 8)),      # flattened images
+    ((8, 8), (8,)),            # flat features: 8 samples
+    ((5, 8, 8), (1, 8, 8)),
+    ((8, 8), (3, 8, 8)),       # not one image of this model: check_image_size's business
+])
+def test_check_is_batch_accepts_batches(shape, fitted):
+    check_is_batch(shape, fitted, "Est")
+
+
+def test_as_array_keeps_dtype_and_memory():
+    array = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert as_array(array, "Est") is array
+    tensor = torch.from_numpy(array)
+    converted = as_array(tensor, "Est")
+    assert converted.dtype == np.uint8 and np.shares_memory(converted, array)
+    listed = as_array([tensor[0], array[1], tensor[2].float().requires_grad_()], "Est")
+    assert listed.dtype == np.float32  # NumPy's promotion, as for the equivalent list
+    np.testing.assert_array_equal(listed, array)
+    assert as_array(torch.ones(2, 2, dtype=torch.bfloat16), "Est").dtype == np.float32
 
 
 # ---------------------------------------------------------------------------------------

@@ -12,10 +12,12 @@ import tracemalloc
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from numpy.testing import assert_allclose, assert_array_equal
+from PIL import Image
 from sklearn.datasets import load_digits, make_blobs
 
-from skdccm import DCCMClustering
+from skdccm import CRLCClustering, DCCMClustering
 from skdccm.data import ArraySource
 
 N = 48  # samples per fit: three minibatches of 16
@@ -272,3 +274,99 @@ def test_memmap_predict_allocates_no_copy_of_the_data(tmp_path):
     # Output (40,000 x 3 float32 probabilities, twice during concatenation) is ~1 MB.
     assert peak < 0.5 * big.nbytes, f"peak {peak / 1e6:.1f} MB for {big.nbytes / 1e6:.1f} MB"
     assert_array_equal(labels[:300], est.predict(np.asarray(big[:300])))
+
+
+# ----------------------------------------------------------------------------------------
+# every container of the same uint8 images means the same thing (issue 21)
+# ----------------------------------------------------------------------------------------
+
+#: The same uint8 images in every container a user may hold them in.
+CONTAINERS = {
+    "array": lambda X, path: X,
+    "memmap": lambda X, path: write_memmap(path / "images.npy", X),
+    "list of arrays": lambda X, path: list(X),
+    "tensor": lambda X, path: torch.from_numpy(X.copy()),
+    "tensor, requires_grad": lambda X, path: torch.tensor(X, dtype=torch.float32).mul(1 / 255)
+    .requires_grad_(),
+    "list of PIL images": lambda X, path: [Image.fromarray(x) for x in X],
+}
+
+#: One epoch of each method on 48 8x8 images (the smallest settings both accept).
+TINY_METHODS = {
+    "DCCM": lambda: tiny(ablation="M3"),
+    "CRLC": lambda: CRLCClustering(n_clusters=3, max_iter=1, n_heads=2, hidden_dim=16,
+                                   batch_size=16, device="cpu", random_state=0),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(TINY_METHODS))
+def fitted_on_array(request, grey_uint8):
+    est = TINY_METHODS[request.param]().fit(grey_uint8)
+    return request.param, est, est.predict_proba(grey_uint8)
+
+
+@pytest.mark.parametrize("container", sorted(CONTAINERS))
+def test_every_container_predicts_like_the_uint8_array(container, fitted_on_array,
+                                                       grey_uint8, tmp_path):
+    _, est, expected = fitted_on_array
+    # The float tensor holds the uint8 pixels already divided by 255: the same values the
+    # network sees from the uint8 array.
+    X = CONTAINERS[container](grey_uint8, tmp_path)
+    assert_allclose(est.predict_proba(X), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("container", ["list of arrays", "tensor", "list of PIL images"])
+def test_every_container_trains_like_the_uint8_array(container, fitted_on_array, grey_uint8,
+                                                     tmp_path):
+    method, reference, expected = fitted_on_array
+    X = CONTAINERS[container](grey_uint8, tmp_path)
+    est = TINY_METHODS[method]().fit(X)
+    assert est.preset_params_ == reference.preset_params_
+    assert_array_equal(est.labels_, reference.labels_)
+    assert_allclose(est.predict_proba(grey_uint8), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.int64, torch.uint8])
+def test_tensors_of_any_dtype_mean_their_numpy_values(dtype, reference_grey, grey_uint8):
+    est = reference_grey[0]
+    tensor = torch.from_numpy(grey_uint8).to(dtype)
+    # bfloat16 has no NumPy dtype: its values (exact for 0..255 integers here) as float32.
+    values = tensor.float().numpy() if dtype == torch.bfloat16 else tensor.numpy()
+    assert_allclose(est.predict_proba(tensor), est.predict_proba(values), rtol=0, atol=1e-6)
+
+
+def test_nested_lists_mean_the_array_numpy_makes_of_them(reference_grey, grey_uint8):
+    # Python ints carry no dtype: NumPy reads them as int64, used without scaling.
+    est = reference_grey[0]
+    nested = grey_uint8.tolist()
+    assert_allclose(est.predict_proba(nested), est.predict_proba(np.asarray(nested)),
+                    rtol=0, atol=1e-6)
+
+
+def test_list_of_differently_sized_images_names_the_shapes(reference_grey, grey_uint8):
+    images = [Image.fromarray(x) for x in grey_uint8[:3]] + [Image.new("L", (9, 8))]
+    with pytest.raises(ValueError, match=r"DCCMClustering: X is a list of samples of "
+                                         r"different shapes \(sample 0 has shape \(8, 8\), "
+                                         r"sample 3 has \(8, 9\)\)"):
+        reference_grey[0].predict(images)
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "transform"])
+@pytest.mark.parametrize("one_image", ["(H, W)", "tensor (H, W)", "PIL image"])
+def test_one_image_is_refused_with_how_to_pass_it(method, one_image, reference_grey,
+                                                  grey_uint8):
+    est = reference_grey[0]
+    image = {"(H, W)": grey_uint8[0], "tensor (H, W)": torch.from_numpy(grey_uint8[0]),
+             "PIL image": Image.fromarray(grey_uint8[0])}[one_image]
+    with pytest.raises(ValueError, match=r"X has shape \(8, 8\), one image .* pass one "
+                                         r"image as X\[None\]"):
+        getattr(est, method)(image)
+    assert_array_equal(getattr(est, method)(grey_uint8[0][None]),
+                       getattr(est, method)(grey_uint8[:1]))
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8), (8, 8, 3)])
+def test_one_colour_image_is_refused_with_how_to_pass_it(shape, colour_uint8):
+    est = tiny().fit(colour_uint8)
+    with pytest.raises(ValueError, match=r"one image .* X\[None\]"):
+        est.predict(np.zeros(shape, dtype=np.uint8))

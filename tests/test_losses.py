@@ -247,6 +247,23 @@ def test_pseudo_graph_loss_gradient_is_finite_and_correct():
     assert torch.autograd.gradcheck(lambda p: pseudo_graph_loss(p, w), (z,))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_pseudo_graph_and_its_loss_are_float32_under_autocast(dtype):
+    # In bf16, similarities above 0.998 round to 1 and the clamp's 1 - 1e-7 rounds back to
+    # 1: log(1 - S) made the loss NaN at every step of a bf16 fit.
+    rng = np.random.default_rng(9)
+    z = torch.tensor(softmax_rows(rng, 12, 2), dtype=torch.float32)
+    z[:2] = torch.tensor([[0.7, 0.3], [0.68, 0.32]])    # S = 0.99937: 1.0 in bf16 and fp16
+    graph, loss = pseudo_graph(z, 0.9999), pseudo_graph_loss(z, torch.eye(12))
+    assert graph[0, 1] == 0
+    with torch.autocast(device_type="cpu", dtype=dtype):
+        autocast_graph = pseudo_graph(z, 0.9999)
+        autocast_loss = pseudo_graph_loss(z, torch.eye(12))
+    assert autocast_loss.dtype == torch.float32 and torch.isfinite(autocast_loss)
+    torch.testing.assert_close(autocast_loss, loss)
+    assert torch.equal(autocast_graph, graph)
+
+
 def test_pseudo_graph_loss_propagates_nan_instead_of_raising():
     # A diverged network must reach the training loop's FloatingPointError.
     z = torch.full((4, 3), float("nan"))

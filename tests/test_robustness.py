@@ -2,8 +2,9 @@
 a killed run resumed from its checkpoint, and divergence next to a checkpoint.
 
 Property tests throw random shapes, dtypes, non-finite values and parameter values at a tiny
-CPU fit and accept only two outcomes: a fitted model, or a ValueError/TypeError with a
-message. The process tests run a fit in a child Python process (one thread, so that results
+CPU fit. Each test decides from the drawn input alone, by the documented rules, whether it is
+valid, and requires a fitted model exactly then, a ValueError/TypeError with a message
+otherwise. The process tests run a fit in a child Python process (one thread, so that results
 are bit-for-bit reproducible) and interrupt it for real: SIGINT, then SIGKILL.
 """
 
@@ -52,13 +53,19 @@ def make_array(draw, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     return rng.random(shape).astype(dtype)
 
 
-def fit_or_refuse(est: DCCMClustering, X) -> DCCMClustering | None:
-    """Fit, accepting a clear ValueError/TypeError; any other exception fails the test."""
-    try:
+def fit_or_refuse(est: DCCMClustering, X, valid: bool) -> DCCMClustering | None:
+    """Fit valid input (any exception fails the test); refuse invalid input with a clear
+    ValueError/TypeError. ``valid`` is decided by the test from the drawn input alone."""
+    if valid:
         return est.fit(X)
-    except (ValueError, TypeError) as error:
-        assert str(error).strip(), f"{type(error).__name__} without a message"
-        return None
+    with pytest.raises((ValueError, TypeError)) as refusal:
+        est.fit(X)
+    assert str(refusal.value).strip(), f"{refusal.type.__name__} without a message"
+    return None
+
+
+def is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def check_fitted(est: DCCMClustering, X) -> None:
@@ -73,11 +80,37 @@ def check_fitted(est: DCCMClustering, X) -> None:
 
 @st.composite
 def shapes(draw) -> tuple[int, ...]:
-    """1-D to 5-D shapes with 0 to 20 samples and small (possibly empty) axes."""
+    """1-D to 5-D shapes with 0 to 20 samples and small (possibly empty) axes; every other
+    draw is 2-D to 4-D with enough samples and sides of 4 or more (the last axis of 4-D
+    shapes still random), so that valid input comes up about as often as invalid."""
+    if draw(st.booleans()):
+        ndim = draw(st.integers(2, 4))
+        n = draw(st.sampled_from([5, 20]))
+        rest = [draw(st.sampled_from([4, 5, 8])) for _ in range(ndim - 1)]
+        if ndim == 4:
+            rest[-1] = draw(st.sampled_from([1, 2, 3, 4, 8]))
+        return (n, *rest)
     ndim = draw(st.integers(1, 5))
     n = draw(st.sampled_from([0, 1, 2, 5, 20]))
     rest = [draw(st.sampled_from([0, 1, 2, 3, 4, 8])) for _ in range(ndim - 1)]
     return (n, *rest)
+
+
+def is_valid_training_data(shape: tuple[int, ...], dtype: str, n_clusters: int) -> bool:
+    """The documented rules (user guide, "Input formats"), written out independently of
+    the library: real numbers; flat features, grey images or 4-D images whose last axis is
+    the channels when it has 1, 3 or 4 entries; at least two samples and one per cluster;
+    no empty axis; images at least 4 pixels a side (the paper's CNN, the auto backbone for
+    images this small)."""
+    n, *rest = shape
+    if dtype not in ("uint8", "int64", "float32", "float64", "bool"):
+        return False
+    if not 2 <= len(shape) <= 4 or n < max(2, n_clusters) or 0 in rest:
+        return False
+    if len(shape) == 2:
+        return True
+    height, width = rest[:2] if len(shape) == 3 or rest[-1] in (1, 3, 4) else rest[1:]
+    return min(height, width) >= 4
 
 
 @PROPERTY_SETTINGS
@@ -85,9 +118,9 @@ def shapes(draw) -> tuple[int, ...]:
        n_clusters=st.integers(1, 4))
 def test_random_shapes_and_dtypes_fit_or_give_a_clear_error(data, shape, dtype, n_clusters):
     X = make_array(data.draw, shape, dtype)
-    est = fit_or_refuse(DCCMClustering(n_clusters=n_clusters, **TINY), X)
-    if est is not None:
-        assert dtype in ("uint8", "int64", "float32", "float64", "bool")
+    valid = is_valid_training_data(shape, dtype, n_clusters)
+    est = fit_or_refuse(DCCMClustering(n_clusters=n_clusters, **TINY), X, valid)
+    if valid:
         check_fitted(est, X)
 
 
@@ -125,17 +158,16 @@ def test_non_finite_learning_rate_is_refused_before_training(learning_rate):
         DCCMClustering(n_clusters=2, learning_rate=learning_rate, **TINY).fit(X)
 
 
+#: Values each parameter accepts and values it refuses, in separate branches of equal
+#: chance, so that valid and invalid combinations both come up often.
 PARAMETER_VALUES = {
-    "n_clusters": st.one_of(st.integers(-2, 6), st.just(2.0), st.just(True), st.just("3"),
-                            st.none()),
-    "batch_size": st.one_of(st.integers(-1, 40), st.just(8.5), st.just(False), st.just("8")),
-    "max_iter": st.one_of(st.integers(-1, 2), st.just(1.0), st.none(), st.just("1")),
-    "learning_rate": st.one_of(st.floats(-1.0, 1.0),
-                               st.sampled_from([np.nan, np.inf, 0.0]), st.just("0.01"),
-                               st.none(), st.just(True)),
-    "image_shape": st.one_of(st.none(), st.just((6, 6)), st.just((1, 6, 6)),
-                             st.just((6, 5)), st.just((0, 36)), st.just((2, 3, 3, 2)),
-                             st.just((-6, -6)), st.just("6x6")),
+    "n_clusters": st.one_of(st.integers(1, 6), st.sampled_from([-2, 0, 2.0, True, "3", None])),
+    "batch_size": st.one_of(st.integers(1, 40), st.sampled_from([-1, 0, 8.5, False, "8"])),
+    "max_iter": st.one_of(st.sampled_from([1, 2, None]), st.sampled_from([-1, 0, 1.0, "1"])),
+    "learning_rate": st.one_of(st.floats(1e-6, 1.0), st.none(), st.floats(-1.0, 0.0),
+                               st.sampled_from([np.nan, np.inf, "0.01", True])),
+    "image_shape": st.sampled_from([None, (6, 6), (1, 6, 6), (6, 5), (0, 36), (2, 3, 3, 2),
+                                    (-6, -6), "6x6"]),
     "channels": st.sampled_from([None, "first", "last", "middle", 1]),
     "preset": st.sampled_from(["default", "paper", "code", "nope", None, 3]),
 }
@@ -153,10 +185,28 @@ def test_random_parameters_fit_or_give_a_clear_error(data, flat, chosen):
         pass  # explicit max_iter wins over the preset's 200 epochs
     elif params.get("preset") in ("paper", "code"):
         params["max_iter"] = 1  # never train the paper's 200 epochs here
-    est = fit_or_refuse(DCCMClustering(**params), X)
-    if est is not None:
+    valid = are_valid_parameters(params, flat, n_samples=len(X))
+    est = fit_or_refuse(DCCMClustering(**params), X, valid)
+    if valid:
         check_fitted(est, X)
         assert est.predict(X).shape == (len(X),)
+
+
+def are_valid_parameters(params: dict, flat: bool, n_samples: int) -> bool:
+    """The documented domain of each parameter in PARAMETER_VALUES, written out."""
+    learning_rate = params.get("learning_rate")
+    return all([
+        is_positive_int(params["n_clusters"]) and params["n_clusters"] <= n_samples,
+        is_positive_int(params["batch_size"]),
+        params["max_iter"] is None or is_positive_int(params["max_iter"]),
+        learning_rate is None or (isinstance(learning_rate, float)
+                                  and np.isfinite(learning_rate) and learning_rate > 0),
+        # image_shape unflattens 2-D X only; these 12 x 36 rows hold 6 x 6 images.
+        params.get("image_shape") is None or (flat and params["image_shape"] in
+                                              ((6, 6), (1, 6, 6))),
+        params.get("channels") in (None, "first", "last"),
+        params.get("preset", "default") in ("default", "paper", "code"),
+    ])
 
 
 # ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import warnings
 
 import numpy as np
@@ -22,8 +23,10 @@ import torch
 
 import skdccm.dccm as dccm_module
 import skdccm.training as training
+from skdccm import CRLCClustering
 from skdccm.data import ArraySource, infer_layout
 from skdccm.dccm import DCCMObjective
+from skdccm.networks import ClusteringHeads
 from skdccm.training import (
     CHECKPOINT_NAME,
     EarlyStop,
@@ -465,6 +468,96 @@ def test_divergence_names_the_loss_part(make, X, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------
+# precision and compilation: branches written for GPUs, run on the CPU
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("precision", "bf16_supported", "expected"), [
+    ("auto", True, torch.bfloat16), ("auto", False, torch.float16),
+    ("bf16", False, torch.bfloat16), ("fp16", True, torch.float16),
+    ("float32", True, None),
+])
+def test_precision_on_cuda_follows_the_bf16_capability(monkeypatch, precision,
+                                                       bf16_supported, expected):
+    # autocast_dtype only reads the device's type: no GPU is needed to run its CUDA branch.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs:
+                        bf16_supported)
+    assert training.autocast_dtype(precision, torch.device("cuda")) is expected
+
+
+@pytest.mark.parametrize(("precision", "device", "expected"), [
+    ("auto", "cpu", None), ("float32", "cpu", None), ("bf16", "cpu", torch.bfloat16),
+    ("fp16", "cpu", None), ("auto", "mps", None),
+])
+def test_precision_off_cuda(monkeypatch, precision, device, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert training.autocast_dtype(precision, torch.device(device)) is expected
+
+
+def test_bf16_trains_under_autocast_and_fp16_is_float32_on_the_cpu(make_full, X):
+    # The full objective: every loss part (graph, label, MI, balance) under autocast.
+    reference = make_full(precision="float32").fit(X)
+    bf16 = make_full(precision="bf16").fit(X)      # a NaN loss would raise FloatingPointError
+    fp16 = make_full(precision="fp16").fit(X)
+    assert_same_fit(fp16, reference)
+    # bfloat16 keeps about three digits: the network's outputs, not the losses, round.
+    assert bf16.history_[0]["loss"] != reference.history_[0]["loss"]
+    assert bf16.history_[0]["loss"] == pytest.approx(reference.history_[0]["loss"], rel=0.1)
+    assert bf16.module_.cluster.weight.dtype == torch.float32   # autocast, not a cast
+
+
+@pytest.fixture
+def compile_backend(monkeypatch):
+    """Make ``torch.compile`` use ``backend`` and record what it compiled; dynamo's caches
+    are reset afterwards so that no compiled graph outlives the test."""
+    if not torch._dynamo.is_dynamo_supported():
+        pytest.skip("torch.compile (dynamo) does not support this Python version")
+    compiled = []
+    original = torch.compile
+
+    def use(backend):
+        def compile_(module, **kwargs):
+            compiled.append(module)
+            return original(module, backend=backend, **kwargs)
+
+        monkeypatch.setattr(torch, "compile", compile_)
+        return compiled
+
+    yield use
+    torch._dynamo.reset()
+
+
+def test_compile_traces_and_trains_the_same_network(make, X, compile_backend):
+    # aot_eager: dynamo's graph capture and AOT autograd, without code generation (fast,
+    # and no C++ compiler needed); inductor's own kernels are in the slow test below.
+    compiled = compile_backend("aot_eager")
+    est = make(compile=True).fit(X)
+    assert len(compiled) == 1
+    reference = make().fit(X)
+    np.testing.assert_array_equal(est.labels_, reference.labels_)
+    assert est.history_[0]["loss"] == pytest.approx(reference.history_[0]["loss"], rel=1e-5)
+    np.testing.assert_allclose(est.predict_proba(X), reference.predict_proba(X), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compile_with_inductor_trains_the_same_network(make, X, compile_backend):
+    """The default backend generates C++ on the CPU (about a minute on two cores)."""
+    if not any(shutil.which(name) for name in (os.environ.get("CXX", "g++"), "c++",
+                                               "clang++")):
+        pytest.skip("torch.compile's inductor backend needs a C++ compiler; none found")
+    compile_backend("inductor")
+    # Fused kernels round differently. SGD, not Adam: Adam's first steps move every weight
+    # by about the learning rate whatever its gradient's size, so rounding noise in a
+    # near-zero gradient would move weights as much as a real one.
+    est = make(compile=True, optimizer="sgd").fit(X)
+    reference = make(optimizer="sgd").fit(X)
+    # Measured: losses within 1.2e-4 (relative), probabilities within 0.005; an untrained
+    # network's probabilities differ from the reference's by 0.9.
+    assert est.history_[0]["loss"] == pytest.approx(reference.history_[0]["loss"], rel=1e-3)
+    np.testing.assert_allclose(est.predict_proba(X), reference.predict_proba(X), atol=0.02)
+
+
+# ---------------------------------------------------------------------------------------
 # pure helpers of the loop
 # ---------------------------------------------------------------------------------------
 
@@ -492,18 +585,44 @@ def test_learning_rate_schedules():
 
 def test_optimizer_choices_and_weight_decay_groups():
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
-    params = list(model.parameters())
-    rmsprop = make_optimizer(params, spec(optimizer="rmsprop", learning_rate=1e-4,
-                                          weight_decay=0.1))
+    frozen = torch.nn.Linear(2, 2).requires_grad_(False)
+    rmsprop = make_optimizer((model, frozen), spec(optimizer="rmsprop", learning_rate=1e-4,
+                                                   weight_decay=0.1))
     assert isinstance(rmsprop, torch.optim.RMSprop)
     assert rmsprop.defaults["alpha"] == 0.9                 # DCCM's smoothing
     decayed, plain = rmsprop.param_groups
-    assert [p.ndim for p in decayed["params"]] == [2] and decayed["weight_decay"] == 0.1
-    assert all(p.ndim == 1 for p in plain["params"]) and plain["weight_decay"] == 0.0
-    assert isinstance(make_optimizer(params, spec(optimizer="sgd")), torch.optim.SGD)
-    assert isinstance(make_optimizer(params, spec(optimizer="adamw")), torch.optim.AdamW)
+    assert decayed["params"] == [model[0].weight] and decayed["weight_decay"] == 0.1
+    assert plain["params"] == [model[0].bias, model[1].weight, model[1].bias]
+    assert plain["weight_decay"] == 0.0
+    assert isinstance(make_optimizer((model,), spec(optimizer="sgd")), torch.optim.SGD)
+    assert isinstance(make_optimizer((model,), spec(optimizer="adamw")), torch.optim.AdamW)
     with pytest.raises(ValueError, match=r"unknown optimizer 'lbfgs'.*'rmsprop'"):
-        make_optimizer(params, spec(optimizer="lbfgs"))
+        make_optimizer((model,), spec(optimizer="lbfgs"))
+
+
+def test_batched_sub_head_biases_are_not_weight_decayed():
+    # CRLC's sub-head biases are (H, 1, D): a bias by name and role, a matrix by shape.
+    heads = ClusteringHeads(8, n_clusters=3, n_heads=2, hidden=5)
+    norm = torch.nn.LayerNorm(8)                        # a 1-D weight: not decayed either
+    decayed, plain = make_optimizer((heads, norm), spec(weight_decay=5e-4)).param_groups
+    assert decayed["params"] == [heads.hidden_weight, heads.out_weight]
+    assert plain["params"] == [heads.hidden_bias, heads.out_bias, norm.weight, norm.bias]
+    assert heads.hidden_bias.shape == (2, 1, 5)
+
+
+def test_weight_decay_leaves_biases_of_a_trained_model_alone(X):
+    """SGD without gradient moves only what weight decay pulls on: zero the loss, and the
+    biases of the paper preset's sub-heads stay where they started."""
+    params = {"n_clusters": 3, "max_iter": 1, "n_heads": 2, "hidden_dim": 8,
+              "batch_size": 16, "device": "cpu", "random_state": 0, "optimizer": "sgd",
+              "weight_decay": 0.5, "fc_weight": 0.0, "pc_weight": 0.0, "entropy_weight": 0.0,
+              "logit_weight": 0.0, "learning_rate": 0.1}
+    start = CRLCClustering(**{**params, "weight_decay": 0.0}).fit(X).module_.heads
+    heads = CRLCClustering(**params).fit(X).module_.heads
+    assert torch.equal(heads.hidden_bias, start.hidden_bias)
+    # Clusters are renumbered by size after fitting: compare each head's biases as sets.
+    assert torch.equal(heads.out_bias.sort(dim=-1).values, start.out_bias.sort(dim=-1).values)
+    assert not torch.equal(heads.out_weight, start.out_weight)           # decay did act
 
 
 def test_resolve_device():

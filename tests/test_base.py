@@ -1,0 +1,61 @@
+"""Tests of skdccm.base that no method-specific module covers: prediction's back-off when
+the device runs out of memory, exercised on the CPU by simulating the error."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from skdccm import DCCMClustering
+
+
+@pytest.fixture(scope="module")
+def fitted(digit_images, tiny_config):
+    X = digit_images[:100]
+    est = DCCMClustering(n_clusters=4, max_iter=1, ablation="M3", predict_batch_size=64,
+                         **tiny_config).fit(X)
+    return est, X
+
+
+def out_of_memory_at(monkeypatch, est, fails) -> list[int]:
+    """Make the per-batch inference raise CUDA's out-of-memory error on the calls for which
+    ``fails(call_number, batch_size)`` is true; returns the batch sizes it was given."""
+    sizes: list[int] = []
+    infer = type(est)._infer
+
+    def infer_or_fail(self, module, batch):
+        sizes.append(len(batch))
+        if fails(len(sizes), len(batch)):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return infer(self, module, batch)
+
+    monkeypatch.setattr(type(est), "_infer", infer_or_fail)
+    return sizes
+
+
+def test_out_of_memory_in_predict_halves_the_batch_once_and_retries(fitted, monkeypatch):
+    est, X = fitted
+    expected = est.predict_proba(X)
+    sizes = out_of_memory_at(monkeypatch, est, lambda call, size: call == 2)
+    with pytest.warns(RuntimeWarning, match=r"CUDA out of memory while predicting; "
+                                            r"retrying with predict_batch_size=32"):
+        proba = est.predict_proba(X)
+    # 100 rows in two batches of 50 (the second fails), then all again in four of 25.
+    assert sizes == [50, 50, 25, 25, 25, 25]
+    np.testing.assert_allclose(proba, expected, rtol=0, atol=1e-6)
+    assert est.predict_batch_size == 64                  # a parameter, never written over
+
+
+def test_out_of_memory_at_every_size_gives_up_after_batches_of_one(fitted, monkeypatch):
+    est, X = fitted
+    out_of_memory_at(monkeypatch, est, lambda call, size: True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(torch.cuda.OutOfMemoryError, match="simulated"):
+            est.predict(X)
+    retries = [str(w.message).rsplit("=", 1)[1] for w in caught
+               if "out of memory" in str(w.message)]
+    assert retries == ["32", "16", "8", "4", "2", "1"]
