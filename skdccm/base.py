@@ -133,6 +133,7 @@ class DeepClusteringBase(
         sizes = np.bincount(labels, minlength=self.n_clusters)
         order = np.argsort(-sizes, kind="stable")
         self._reorder_clusters(self.module_, torch.as_tensor(order))
+        _DEVICE_COPIES.pop(self.module_, None)  # the labelling pass's copy is now stale
         self.labels_ = np.argsort(order)[labels]
         return self
 

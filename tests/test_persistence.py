@@ -226,6 +226,17 @@ def test_prediction_copies_the_network_to_the_device_once(cls, images, monkeypat
     assert all(vars(est)[name] is value for name, value in attributes.items())
 
 
+def test_fit_leaves_no_copy_of_the_network_on_the_device(images, monkeypatch):
+    from skdccm.base import _DEVICE_COPIES
+
+    used = predict_on_other_device(monkeypatch)
+    est = tiny(DCCMClustering).fit(images)   # its labelling pass predicts through a copy
+    assert used and used[-1] is not est.module_
+    assert est.module_ not in _DEVICE_COPIES
+    est.predict(images)
+    assert len(_DEVICE_COPIES[est.module_]) == 1
+
+
 def test_a_network_modified_in_place_gets_a_new_copy(images, monkeypatch):
     est = tiny(DCCMClustering).fit(images)
     used = predict_on_other_device(monkeypatch)
