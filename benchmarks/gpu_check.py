@@ -1,7 +1,7 @@
 """One-command GPU check: the CUDA tests, training speed beside the reference loop, and
 CIFAR-10 fits of both estimators under a time budget, all into one folder.
 
-Usage (one GPU, about 7 minutes)::
+Usage (one GPU; sized to finish within 8 minutes)::
 
     python benchmarks/gpu_check.py --out benchmark_results/gpu_check
 
