@@ -258,7 +258,7 @@ def format_record(record: dict[str, Any], max_epochs: int) -> str:
 
 
 def report(record: dict[str, Any], spec: TrainSpec, last: bool) -> None:
-    line = format_record(record, record.get("planned_epochs", spec.max_epochs))
+    line = format_record(record, record["planned_epochs"])
     logger.info(line)
     if spec.verbose >= 2:
         print(line, flush=True)
