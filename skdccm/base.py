@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import numbers
 import warnings
+import weakref
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -26,6 +27,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch import Tensor, nn
 
+from .budget import TimeBudget
 from .data import (
     ArraySource,
     InputLayout,
@@ -94,6 +96,8 @@ class DeepClusteringBase(
         self : object
             The fitted estimator.
         """
+        # max_time covers the whole fit, from here.
+        budget = TimeBudget(_check_max_time(self.max_time, type(self).__name__))
         params = self._resolved_params()
         X, layout = self._validate_input(X, reset=True)
         n_samples = X.shape[0]
@@ -128,7 +132,7 @@ class DeepClusteringBase(
         generator = torch.Generator().manual_seed(seed)
         device_generator = torch.Generator(device=device).manual_seed(seed + 1)
         result = self._run_training(module, objective, source, spec, params, generator,
-                                    device_generator, collective)
+                                    device_generator, collective, budget)
         if result.n_epochs == 0:
             raise RuntimeError("training was interrupted before its first epoch ended; "
                                "there is no model to keep")
@@ -138,6 +142,7 @@ class DeepClusteringBase(
         self.input_shape_ = layout.sample_shape
         self.history_ = result.history
         self.n_iter_ = result.n_epochs
+        self.stopped_by_time_ = budget.cut_short
         self.preset_params_ = params
         # Number clusters by decreasing size on the training data: labels are then
         # consecutive from 0 even when some clusters end up empty.
@@ -148,6 +153,7 @@ class DeepClusteringBase(
         sizes = np.bincount(labels, minlength=self.n_clusters)
         order = np.argsort(-sizes, kind="stable")
         self._reorder_clusters(self.module_, torch.as_tensor(order))
+        _DEVICE_COPIES.pop(self.module_, None)  # the labelling pass's copy is now stale
         self.labels_ = np.argsort(order)[labels]
         return self
 
@@ -248,11 +254,14 @@ class DeepClusteringBase(
     def _run_training(self, module: nn.Module, objective: nn.Module, source: ArraySource,
                       spec: TrainSpec, params: dict[str, Any], generator: torch.Generator,
                       device_generator: torch.Generator,
-                      collective: Collective = SINGLE_PROCESS) -> TrainResult:
+                      collective: Collective = SINGLE_PROCESS,
+                      budget: TimeBudget | None = None) -> TrainResult:
         """Run the training loop once. A method may override it to train in stages or to
-        choose among heads after training (it may then set fitted attributes)."""
+        choose among heads after training (it may then set fitted attributes); ``budget``
+        (``max_time``) then covers every stage."""
         return train(module, objective, source, spec, generator, device_generator,
-                     callbacks=_as_list(self.callbacks), owner=self, collective=collective)
+                     callbacks=_as_list(self.callbacks), owner=self, collective=collective,
+                     budget=budget)
 
     def _infer(self, module: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
         """``(probabilities (B, K), embedding (B, E))`` of a batch, in eval mode."""
@@ -344,7 +353,7 @@ class DeepClusteringBase(
                      *, want_embedding: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Stream ``X`` through the network in fixed batches, without gradient."""
         device = self._inference_device()
-        module = self.module_ if device.type == "cpu" else copy.deepcopy(self.module_).to(device)
+        module = _on_device(self.module_, device)
         module.eval()
         batch_size = int(self.predict_batch_size)
         while True:
@@ -408,6 +417,36 @@ class DeepClusteringBase(
                 "backbone": str(self.backbone), "preset": str(self.preset)}
 
 
+#: Each fitted network's copies on other devices, for prediction, keyed by the network:
+#: predicting batch after batch on a GPU copies the weights there once, not at every call.
+#: Kept off the estimator, so that prediction writes nothing to it and pickles never carry
+#: a device copy; a refit's new network starts without copies, and a network's copies are
+#: freed with it.
+_DEVICE_COPIES: weakref.WeakKeyDictionary[nn.Module, dict[torch.device,
+                                                          tuple[tuple, nn.Module]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _on_device(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` itself where it already lives on ``device``, else its copy there.
+
+    The copy is made once and reused while the weights are unchanged: a copy made before
+    the network was modified in place (``load_state_dict``, fit's renumbering of clusters)
+    is replaced, recognised by the tensors' storage and in-place version counters.
+    """
+    tensors = [*module.parameters(), *module.buffers()]
+    if all(t.device == device for t in tensors):
+        return module
+    weights = tuple((t.data_ptr(), t._version) for t in tensors)
+    copies = _DEVICE_COPIES.setdefault(module, {})
+    cached = copies.get(device)
+    if cached is None or cached[0] != weights:
+        copies.pop(device, None)  # free the stale copy before making the new one
+        cached = (weights, copy.deepcopy(module).to(device))
+        copies[device] = cached
+    return cached[1]
+
+
 def _with_range(layout: InputLayout, bounds: tuple[float, float]) -> InputLayout:
     return replace(layout, value_range=bounds)
 
@@ -439,6 +478,18 @@ def _check_numeric_dtype(X, name: str) -> None:
         # "Complex data not supported" is the phrase scikit-learn's checks look for.
         raise ValueError(f"{name}: Complex data not supported (X has dtype {dtype}); pass "
                          "real values, e.g. X.real or np.abs(X)")
+
+
+def _check_max_time(max_time, name: str) -> float | None:
+    """``max_time`` as float seconds (None: no budget); infinity means no budget too."""
+    if max_time is None:
+        return None
+    if not isinstance(max_time, numbers.Real) or isinstance(max_time, bool):
+        raise TypeError(f"{name}: max_time={max_time!r} must be a number of seconds or None")
+    if not max_time > 0:  # also rejects NaN
+        raise ValueError(f"{name}: max_time={max_time!r} must be > 0 seconds, or None for no "
+                         "time limit")
+    return float(max_time)
 
 
 def _as_list(callbacks) -> list:

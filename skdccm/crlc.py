@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .augment import ContrastiveAugmentation, contrastive_view, resolve_contrastive
 from .base import DeepClusteringBase, _as_list
+from .budget import StageShare, TimeBudget
 from .data import ArraySource, InputLayout, shuffled_batches
 from .distributed import SINGLE_PROCESS, Collective
 from .losses import (
@@ -417,6 +418,17 @@ class or instance, default=None
     tol : float, default=0.0
         Stop when the share of samples whose cluster changed during an epoch is at most
         ``tol`` (0 disables).
+    max_time : float, default=None
+        Time budget of the whole ``fit`` in seconds (None: no limit). After each epoch the
+        seconds per epoch are estimated and the stage is planned to the epochs that fit in
+        the rest of the budget (at most ``max_iter``, or ``pretrain_epochs``): each
+        stage's learning-rate schedule spans its planned epochs, so a short budget trains
+        a short schedule rather than a cut long one. Pre-training plans its share
+        ``pretrain_epochs / (pretrain_epochs + max_iter)`` of the affordable epochs, the
+        clustering stage the rest. A stage ends at the end of its planned epoch, or of the
+        epoch that reaches the budget, and trains at least one epoch; the choice of
+        sub-head, the final BatchNorm pass and the labelling of the training data come
+        after the budget. ``stopped_by_time_`` tells whether it shortened training.
     callbacks : callable or list, default=None
         Called as ``cb(estimator, record)`` (or ``cb.on_epoch_end(estimator, record)``) after
         each epoch; return True to stop.
@@ -446,10 +458,15 @@ class or instance, default=None
         One record per epoch: ``loss``, ``loss_parts`` (``fc``, and for the full loss
         ``pc`` and ``entropy`` averaged over sub-heads, ``pc_min``, ``logit_penalty``),
         ``cluster_sizes``, ``cluster_min``/``cluster_max``, ``label_change`` (clusters of
-        the sub-head with the lowest running PC loss), ``lr``, ``seconds`` and ``stage``
-        (``"pretrain"`` or ``"cluster"``).
+        the sub-head with the lowest running PC loss), ``lr``, ``seconds``, ``elapsed``
+        (seconds since ``fit`` started), ``planned_epochs`` (the stage's length as planned
+        at the end of the epoch: ``pretrain_epochs`` or ``max_iter``, or less under
+        ``max_time``) and ``stage`` (``"pretrain"`` or ``"cluster"``).
     n_iter_ : int
         Epochs run, both stages together.
+    stopped_by_time_ : bool
+        True when ``max_time`` ended a stage before its planned length
+        (``pretrain_epochs`` or ``max_iter``).
     n_features_in_ : int
         Features seen in ``fit`` (scikit-learn's count; for 3-D/4-D input, ``shape[1]``).
     feature_names_in_ : ndarray of shape (``n_features_in_``,)
@@ -525,6 +542,7 @@ class or instance, default=None
         strategy: str = "auto",
         predict_batch_size: int = 1024,
         tol: float = 0.0,
+        max_time: float | None = None,
         callbacks: Any = None,
         checkpoint_dir: str | None = None,
         checkpoint_every: int = 1,
@@ -564,6 +582,7 @@ class or instance, default=None
         self.strategy = strategy
         self.predict_batch_size = predict_batch_size
         self.tol = tol
+        self.max_time = max_time
         self.callbacks = callbacks
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
@@ -644,7 +663,8 @@ class or instance, default=None
     def _run_training(self, module: nn.Module, objective: nn.Module, source: ArraySource,
                       spec: TrainSpec, params: dict[str, Any], generator: torch.Generator,
                       device_generator: torch.Generator,
-                      collective: Collective = SINGLE_PROCESS) -> TrainResult:
+                      collective: Collective = SINGLE_PROCESS,
+                      budget: TimeBudget | None = None) -> TrainResult:
         """Optional FC-only pre-training, the full loss, then the choice of sub-head."""
         callbacks = _as_list(self.callbacks)
         history: list[dict[str, Any]] = []
@@ -657,9 +677,11 @@ class or instance, default=None
                                 if spec.checkpoint_dir else None),
                 fingerprint={**spec.fingerprint, "stage": "pretrain"},
             )
+            share = StageShare(params["pretrain_epochs"]
+                               / (params["pretrain_epochs"] + spec.max_epochs))
             first = train(module, pretrain_objective, source, pretrain_spec, generator,
                           device_generator, callbacks=callbacks, owner=self,
-                          collective=collective)
+                          collective=collective, budget=budget, plan=share)
             history = [{**record, "stage": "pretrain"} for record in first.history]
             if first.interrupted:
                 self._select_head(module, objective, source, spec.batch_size, collective)
@@ -667,7 +689,7 @@ class or instance, default=None
             if self.freeze_encoder:
                 module.set_backbone_frozen(True)
         result = train(module, objective, source, spec, generator, device_generator,
-                       callbacks=callbacks, owner=self, collective=collective)
+                       callbacks=callbacks, owner=self, collective=collective, budget=budget)
         history += [{**record, "stage": "cluster"} for record in result.history]
         self._select_head(module, objective, source, spec.batch_size, collective)
         return replace(result, history=history, n_epochs=len(history))

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .augment import AffineAugmentation, dccm_view, resolve_affine
 from .base import DeepClusteringBase, _as_list
+from .budget import TimeBudget, TrialShare
 from .data import ArraySource, InputLayout
 from .distributed import SINGLE_PROCESS, Collective
 from .losses import (
@@ -415,6 +416,17 @@ or instance
     tol : float, default=0.0
         Stop when the share of samples whose pseudo-label changed during an epoch is at most
         ``tol`` (0 disables).
+    max_time : float, default=None
+        Time budget of the whole ``fit`` in seconds (None: no limit). After each epoch the
+        seconds per epoch are estimated and the run is planned to the epochs that fit in
+        the rest of the budget, at most ``max_iter``: the learning-rate schedule spans the
+        planned epochs, so a short budget trains a short schedule rather than a cut long
+        one. Training ends at the end of the planned epoch, or of the epoch that reaches
+        the budget. At least one epoch is trained; the final BatchNorm pass and the
+        labelling of the training data come after the budget (about one forward pass over
+        the data). With ``n_init > 1`` the budget covers the trials and the kept run:
+        each trial leaves the later ones their epochs, and trials for which no time is
+        left are skipped. ``stopped_by_time_`` tells whether it shortened training.
     callbacks : callable or list, default=None
         Called as ``cb(estimator, record)`` (or ``cb.on_epoch_end(estimator, record)``) after
         each epoch; return True to stop.
@@ -440,12 +452,19 @@ or instance
     history_ : list of dict
         One record per epoch: ``loss``, ``loss_parts``, ``confident`` (share of confident
         samples), ``graph_positive`` (share of linked pairs), ``cluster_sizes``,
-        ``cluster_min``/``cluster_max`` (shares), ``label_change``, ``lr``, ``seconds``.
+        ``cluster_min``/``cluster_max`` (shares), ``label_change``, ``lr``, ``seconds``,
+        ``elapsed`` (seconds since ``fit`` started) and ``planned_epochs`` (the run's
+        length as planned at the end of the epoch: ``max_iter``, or less under
+        ``max_time``).
     n_iter_ : int
         Epochs run (by the kept initialisation).
+    stopped_by_time_ : bool
+        True when ``max_time`` ended training before ``max_iter`` epochs (or skipped
+        trials of ``n_init``).
     init_losses_ : ndarray of shape (n_init,)
         Training loss of each initialisation in its epoch ``init_iter`` (after resuming
-        from a checkpoint, that of the resumed run only).
+        from a checkpoint, that of the resumed run only; fewer than ``n_init`` values when
+        ``max_time`` left no time for the last trials).
     best_init_ : int
         Index of the kept initialisation in ``init_losses_``.
     n_features_in_ : int
@@ -519,6 +538,7 @@ or instance
         strategy: str = "auto",
         predict_batch_size: int = 1024,
         tol: float = 0.0,
+        max_time: float | None = None,
         callbacks: Any = None,
         checkpoint_dir: str | None = None,
         checkpoint_every: int = 1,
@@ -562,6 +582,7 @@ or instance
         self.strategy = strategy
         self.predict_batch_size = predict_batch_size
         self.tol = tol
+        self.max_time = max_time
         self.callbacks = callbacks
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
@@ -641,10 +662,12 @@ or instance
     def _run_training(self, module: nn.Module, objective: nn.Module, source: ArraySource,
                       spec: TrainSpec, params: dict[str, Any], generator: torch.Generator,
                       device_generator: torch.Generator,
-                      collective: Collective = SINGLE_PROCESS) -> TrainResult:
+                      collective: Collective = SINGLE_PROCESS,
+                      budget: TimeBudget | None = None) -> TrainResult:
         """Train ``n_init`` initialisations for ``init_iter`` epochs each, then go on with
         the one whose training loss was lowest (label-free, like KMeans' inertia)."""
         callbacks = _as_list(self.callbacks)
+        budget = budget or TimeBudget()
         n_init = int(self.n_init)
         init_iter = spec.max_epochs if self.init_iter is None else min(int(self.init_iter),
                                                                         spec.max_epochs)
@@ -652,7 +675,8 @@ or instance
                     and (Path(spec.checkpoint_dir) / CHECKPOINT_NAME).exists())
         if n_init == 1 or resuming:  # a checkpoint is always of the chosen initialisation
             result = train(module, objective, source, spec, generator, device_generator,
-                           callbacks=callbacks, owner=self, collective=collective)
+                           callbacks=callbacks, owner=self, collective=collective,
+                           budget=budget)
             self.init_losses_ = np.array([result.history[min(init_iter, result.n_epochs) - 1]
                                           ["loss"]]) if result.history else np.array([])
             self.best_init_ = 0
@@ -665,6 +689,9 @@ or instance
         best: tuple[TrainResult, torch.Generator, torch.Generator] | None = None
         for i in range(n_init):
             if i > 0:
+                if budget.limited and result.history[-1]["elapsed"] >= budget.seconds:
+                    budget.cut_short = True  # no time for the other trials
+                    break
                 trial_seed = (seed + i * INIT_SEED_STRIDE) % (2**31 - 1)
                 module, objective = self._seeded_build(source.layout, params, trial_seed,
                                                        source.device)
@@ -672,13 +699,14 @@ or instance
                 device_generator = torch.Generator(device=source.device).manual_seed(
                     trial_seed + 1)
             result = train(module, objective, source, trial_spec, generator, device_generator,
-                           owner=self, collective=collective, stop_after=init_iter)
+                           owner=self, collective=collective, stop_after=init_iter,
+                           budget=budget, plan=TrialShare(n_init - 1 - i, init_iter))
             if result.interrupted:  # Ctrl-C: keep the best complete trial, if any
                 return self._end_trials_early(result, best, losses, source, spec.batch_size)
             losses.append(result.history[-1]["loss"])
             if self.verbose and collective.is_main:
                 print(f"initialisation {i + 1}/{n_init}: loss {losses[-1]:.4f} after "
-                      f"{init_iter} epochs", flush=True)
+                      f"{len(result.history)} epochs", flush=True)
             if best is None or losses[-1] < min(losses[:-1]):
                 best = (result, generator, device_generator)
         self.init_losses_ = np.array(losses)
@@ -688,7 +716,7 @@ or instance
             return chosen
         return train(chosen.module, chosen.objective, source, spec, generator,
                      device_generator, callbacks=callbacks, owner=self, collective=collective,
-                     state=chosen.state)
+                     state=chosen.state, budget=budget)
 
     def _end_trials_early(self, interrupted: TrainResult,
                           best: tuple[TrainResult, Any, Any] | None, losses: list[float],

@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .budget import TimeBudget, affordable_epochs, seconds_per_epoch, whole
 from .data import ArraySource, even_splits, shuffled_batches, to_device
 from .distributed import SINGLE_PROCESS, Collective, global_batchnorm
 
@@ -286,7 +287,7 @@ def format_record(record: dict[str, Any], max_epochs: int) -> str:
 
 
 def report(record: dict[str, Any], spec: TrainSpec, last: bool) -> None:
-    line = format_record(record, spec.max_epochs)
+    line = format_record(record, record["planned_epochs"])
     logger.info(line)
     if spec.verbose >= 2:
         print(line, flush=True)
@@ -313,6 +314,8 @@ def train(
     collective: Collective = SINGLE_PROCESS,
     stop_after: int | None = None,
     state: dict[str, Any] | None = None,
+    budget: TimeBudget | None = None,
+    plan: Callable[[int], int] = whole,
 ) -> TrainResult:
     """Train ``module`` (and the ``objective``'s own parameters) on ``data``.
 
@@ -343,6 +346,14 @@ def train(
     state : dict, optional
         A ``TrainResult.state`` of this module and objective: continue that run. Takes
         precedence over a checkpoint.
+    budget : TimeBudget, optional
+        The fit's clock and time budget (:mod:`skdccm.budget`); a new, unlimited one by
+        default. With a limit, the run plans its epochs (and its learning-rate schedule)
+        to end inside the budget and stops when the plan is reached; a run always trains at
+        least one epoch, unless it continues one that has some and no time is left.
+    plan : callable, default=skdccm.budget.whole
+        Maps the epochs the rest of the budget affords (this run's epochs so far included)
+        to the epochs this run plans, leaving later runs of the fit their share.
 
     Returns
     -------
@@ -353,7 +364,7 @@ def train(
     with global_batchnorm(module, collective):
         return _train(module, objective, data, _local_sizes(spec, collective.world_size),
                       generator, device_generator, callbacks, owner, collective,
-                      stop_after, state)
+                      stop_after, state, budget, plan)
 
 
 def _local_sizes(spec: TrainSpec, world_size: int) -> TrainSpec:
@@ -387,13 +398,14 @@ def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: Tra
            generator: torch.Generator, device_generator: torch.Generator,
            callbacks: Sequence[Callable[..., Any]], owner: Any,
            collective: Collective, stop_after: int | None = None,
-           state: dict[str, Any] | None = None) -> TrainResult:
+           state: dict[str, Any] | None = None, budget: TimeBudget | None = None,
+           plan: Callable[[int], int] = whole) -> TrainResult:
+    budget = budget or TimeBudget()  # unlimited: the clock still gives history's "elapsed"
     device = data.device
     n = len(data)
     optimizer = make_optimizer((module, objective), spec)
     per_epoch = steps_per_epoch(n, spec)
-    total_steps = per_epoch * spec.max_epochs
-    learning_rate_at(0, total_steps, spec)  # fail early on an unknown schedule
+    learning_rate_at(0, per_epoch * spec.max_epochs, spec)  # fail early on an unknown schedule
     amp_dtype = autocast_dtype(spec.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     channels_last = use_channels_last(spec.channels_last, module, device)
@@ -409,6 +421,11 @@ def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: Tra
     history: list[dict[str, Any]] = []
     start_epoch = 0
     previous_labels: Tensor | None = None
+    # The epochs this run plans: max_epochs until the budget says otherwise. A run continued
+    # within the same fit (DCCM's kept trial) keeps the plan its schedule followed so far.
+    planned = spec.max_epochs
+    if budget.limited and state is not None and state["history"]:
+        planned = min(planned, state["history"][-1].get("planned_epochs", planned))
     ckpt_path = Path(spec.checkpoint_dir) / CHECKPOINT_NAME if spec.checkpoint_dir else None
     if state is None and spec.resume and ckpt_path is not None and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, spec.fingerprint)
@@ -426,6 +443,11 @@ def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: Tra
     last_good = _snapshot(module, objective)
     interrupted, stopped_by = False, None
     end_epoch = spec.max_epochs if stop_after is None else min(stop_after, spec.max_epochs)
+    run_start = _elapsed_over_ranks(budget, collective)
+    epoch_ends: list[float] = []
+    if budget.limited and start_epoch > 0 and run_start >= budget.seconds:
+        end_epoch = start_epoch  # a continued run with no time left: keep what it has
+        stopped_by = _cut_short(budget, start_epoch, spec, run_start, collective)
     step = start_epoch * per_epoch
     epoch = start_epoch
     module.train()
@@ -456,7 +478,7 @@ def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: Tra
                     within = to_device(torch.randperm(len(chunk), generator=generator), device)
                     for batch_dev in even_splits(within, spec.batch_size):
                         for _ in range(spec.steps_per_batch):
-                            lr = learning_rate_at(step, total_steps, spec)
+                            lr = learning_rate_at(step, per_epoch * planned, spec)
                             for group in optimizer.param_groups:
                                 group["lr"] = lr
                             partners = _draw_partners(data, chunk_dev[batch_dev],
@@ -478,12 +500,19 @@ def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: Tra
             # Epoch end: the one place where figures leave the device (and ranks meet).
             _mean_over_ranks(collective, sums, stat_sums)
             labels = collective.gather_labels(labels)
-            # The epoch ends when its slowest rank is done.
-            seconds = float(collective.max_(torch.tensor([time.perf_counter() - tic],
-                                                         dtype=torch.float64,
-                                                         device=collective.device)))
+            # The epoch ends when its slowest rank is done (and so do the budget's readings:
+            # every rank must plan alike).
+            seconds, elapsed = collective.max_(torch.tensor(
+                [time.perf_counter() - tic, budget.elapsed()], dtype=torch.float64,
+                device=collective.device)).tolist()
+            if budget.limited:
+                epoch_ends.append(elapsed)
+                affordable = affordable_epochs(budget.seconds - elapsed,
+                                               seconds_per_epoch(run_start, epoch_ends))
+                planned = min(spec.max_epochs, max(epoch + 1, plan(epoch + 1 + affordable)))
             record = _epoch_record(epoch, sums, n_steps, stat_sums, n_chunks, labels,
                                    previous_labels, n_clusters, lr, seconds)
+            record.update(elapsed=elapsed, planned_epochs=planned)
             _check_finite(record, first_bad)
             previous_labels = labels
             history.append(record)
@@ -494,8 +523,12 @@ def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: Tra
                 stopped_by = f"label change {record['label_change']:.4%} <= tol={spec.tol}"
             if _run_callbacks(callbacks, owner, record, collective):
                 stop, stopped_by = True, "callback"
+            out_of_time = planned == epoch + 1 < spec.max_epochs
             if collective.is_main:
-                report(record, spec, last=is_last or stop)
+                report(record, spec, last=is_last or stop or out_of_time)
+            if out_of_time and not stop:
+                stop = True
+                stopped_by = _cut_short(budget, epoch + 1, spec, elapsed, collective)
             if collective.is_main and ckpt_path is not None and (
                     (epoch + 1) % spec.checkpoint_every == 0 or is_last or stop):
                 save_checkpoint(ckpt_path, _loop_state(spec, epoch, module, objective,
@@ -533,6 +566,26 @@ def _draw_partners(data: ArraySource, rows: Tensor,
     column = torch.randint(data.neighbours.shape[1], (rows.shape[0],), generator=generator,
                            device=data.neighbours.device)
     return data.gather(data.neighbours[rows, column])
+
+def _elapsed_over_ranks(budget: TimeBudget, collective: Collective) -> float:
+    """The budget's elapsed seconds, the largest over ranks (so that all plan alike)."""
+    if not budget.limited or collective.world_size == 1:
+        return budget.elapsed()
+    return float(collective.max_(torch.tensor([budget.elapsed()], dtype=torch.float64,
+                                              device=collective.device)))
+
+
+def _cut_short(budget: TimeBudget, epochs: int, spec: TrainSpec, elapsed: float,
+               collective: Collective) -> str:
+    """Note that the budget ended a run after ``epochs`` epochs; say so; the reason."""
+    budget.cut_short = True
+    reason = f"max_time={budget.seconds:g} s"
+    line = (f"{reason}: training stopped after {epochs} of {spec.max_epochs} epochs, "
+            f"{elapsed:.1f} s into the fit")
+    logger.info(line)
+    if spec.verbose and collective.is_main:
+        print(line, flush=True)
+    return reason
 
 
 def finish_training(module: nn.Module, objective: nn.Module, data: ArraySource,

@@ -155,7 +155,8 @@ def test_no_loader_progress_bar_or_device_handle_on_self(images, verbose, capsys
                               | io.IOBase | torch.Tensor), name
     fitted_names = sorted(name for name in vars(est) if name.endswith("_"))
     assert fitted_names == ["best_init_", "device_", "history_", "init_losses_", "input_shape_",
-                            "labels_", "module_", "n_features_in_", "n_iter_", "preset_params_"]
+                            "labels_", "module_", "n_features_in_", "n_iter_", "n_neighbors_",
+                            "preset_params_", "stopped_by_time_"]
     # The module holds weights and buffers only: every tensor on CPU, no optimiser state.
     assert all(t.device.type == "cpu" for t in est.module_.state_dict().values())
     assert not any(isinstance(v, torch.optim.Optimizer) for v in vars(est.module_).values())
@@ -182,3 +183,108 @@ def test_gpu_model_loads_on_a_cpu_only_machine(images, tmp_path):
     # GPU kernels (TF32, other reduction orders) differ from CPU ones in the last bits.
     np.testing.assert_allclose(np.load(tmp_path / "proba.npy"), est.predict_proba(images),
                                atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------
+# the network's copy on the prediction device
+# ---------------------------------------------------------------------------------------
+
+#: A device that is not the one ``module_`` lives on (``torch.device("cpu")``), on which this
+#: machine can still compute: prediction takes the path of a GPU model, through a copy of
+#: the network on the device, and the copy's tensors are ordinary CPU tensors.
+OTHER_DEVICE = torch.device("cpu", 0)
+
+
+def predict_on_other_device(monkeypatch) -> list[nn.Module]:
+    """From now on, predict on OTHER_DEVICE; returns the list of networks that predict."""
+    used: list[nn.Module] = []
+    for cls in ESTIMATOR_CLASSES:
+        infer = cls._infer
+
+        def recording(self, module, batch, infer=infer):
+            used.append(module)
+            return infer(self, module, batch)
+
+        monkeypatch.setattr(cls, "_inference_device", lambda self: OTHER_DEVICE)
+        monkeypatch.setattr(cls, "_infer", recording)
+    return used
+
+
+@pytest.mark.parametrize("cls", ESTIMATOR_CLASSES, ids=lambda cls: cls.__name__)
+def test_prediction_copies_the_network_to_the_device_once(cls, images, monkeypatch):
+    est = tiny(cls).fit(images)
+    expected = est.predict_proba(images), est.transform(images)
+    used = predict_on_other_device(monkeypatch)
+    attributes = dict(vars(est))
+    for _ in range(2):
+        assert_array_equal(est.predict_proba(images), expected[0])
+        assert_array_equal(est.transform(images), expected[1])
+    assert len(used) == 4 and all(module is used[0] for module in used)
+    assert used[0] is not est.module_
+    # Nothing written to the estimator (scikit-learn's check_dict_unchanged, on this path).
+    assert vars(est).keys() == attributes.keys()
+    assert all(vars(est)[name] is value for name, value in attributes.items())
+
+
+def test_fit_leaves_no_copy_of_the_network_on_the_device(images, monkeypatch):
+    from skdccm.base import _DEVICE_COPIES
+
+    used = predict_on_other_device(monkeypatch)
+    est = tiny(DCCMClustering).fit(images)   # its labelling pass predicts through a copy
+    assert used and used[-1] is not est.module_
+    assert est.module_ not in _DEVICE_COPIES
+    est.predict(images)
+    assert len(_DEVICE_COPIES[est.module_]) == 1
+
+
+def test_a_network_modified_in_place_gets_a_new_copy(images, monkeypatch):
+    est = tiny(DCCMClustering).fit(images)
+    used = predict_on_other_device(monkeypatch)
+    est.predict(images)
+    stale = used[-1]
+    est.module_.load_state_dict({name: value * 0.5 if value.is_floating_point() else value
+                                 for name, value in est.module_.state_dict().items()})
+    proba = est.predict_proba(images)
+    assert used[-1] is not stale
+    monkeypatch.undo()
+    assert_array_equal(proba, est.predict_proba(images))   # the modified weights, on CPU
+
+
+def test_a_refitted_estimator_gets_a_new_copy(images, monkeypatch):
+    est = tiny(DCCMClustering).fit(images)
+    used = predict_on_other_device(monkeypatch)
+    est.predict(images)
+    before = used[-1]
+    est.set_params(random_state=1).fit(images)
+    est.predict(images)
+    assert used[-1] is not before
+
+
+@pytest.mark.parametrize("cls", ESTIMATOR_CLASSES, ids=lambda cls: cls.__name__)
+def test_pickles_do_not_carry_the_device_copy(cls, images, monkeypatch, tmp_path):
+    est = tiny(cls).fit(images)
+    size = len(pickle.dumps(est))
+    used = predict_on_other_device(monkeypatch)
+    proba = est.predict_proba(images)
+    # Byte for byte the pickles differ (storage keys are addresses); a second copy of the
+    # weights in them would double their size.
+    assert abs(len(pickle.dumps(est)) - size) < size // 10
+    assert est.__getstate__().keys() == vars(est).keys()
+    joblib.dump(est, tmp_path / "model.joblib")
+    loaded = joblib.load(tmp_path / "model.joblib")
+    assert_array_equal(loaded.predict_proba(images), proba)
+    assert used[-1] is not used[0]   # the loaded model made its own copy
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_prediction_reuses_one_copy_of_the_network(images):
+    from skdccm.base import _DEVICE_COPIES
+
+    est = tiny(DCCMClustering, device="cuda").fit(images)
+    first = est.predict_proba(images)
+    ((_, on_gpu),) = _DEVICE_COPIES[est.module_].values()
+    assert all(p.device.type == "cuda" for p in on_gpu.parameters())
+    assert all(p.device.type == "cpu" for p in est.module_.parameters())
+    assert_array_equal(est.predict_proba(images), first)
+    assert _DEVICE_COPIES[est.module_][est.device_][1] is on_gpu

@@ -39,7 +39,7 @@ from skdccm.training import (
 )
 
 RECORD_KEYS = {"epoch", "loss", "loss_parts", "confident", "graph_positive", "cluster_sizes",
-               "cluster_min", "cluster_max", "lr", "seconds"}
+               "cluster_min", "cluster_max", "lr", "seconds", "elapsed", "planned_epochs"}
 
 
 @pytest.fixture
