@@ -10,6 +10,7 @@ marked ``gpu`` that skip without CUDA.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -125,8 +126,12 @@ def test_peak_memory_sees_an_allocation_inside_the_phase():
         pytest.skip("the peak RSS cannot be reset on this system (no /proc/self/clear_refs)")
     size = 64 * 2**20
     with speed.PeakMemory(torch.device("cpu")) as peak:
-        block = np.ones(size, dtype=np.uint8)  # touched: resident
-        del block
+        # Fresh pages from the kernel: np.ones could reuse heap memory that earlier tests
+        # freed but the allocator kept resident, and the peak would not move.
+        with mmap.mmap(-1, size) as region:
+            block = np.frombuffer(region, dtype=np.uint8)
+            block[:] = 1  # touched: resident
+            del block
     figures = peak.as_dict()
     assert figures["working_set_bytes"] >= 0.9 * size
     assert "VmHWM" in figures["method"]
