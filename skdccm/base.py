@@ -43,6 +43,7 @@ from .training import (
     TrainResult,
     TrainSpec,
     resolve_device,
+    steps_per_epoch,
     train,
 )
 
@@ -72,6 +73,8 @@ class DeepClusteringBase(
 
     #: preset name -> {parameter: value} for every parameter left as None by the user
     _presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: ``min_steps="auto"``: this many optimiser steps per cluster at least
+    _min_steps_per_cluster: ClassVar[int] = 0
 
     # ------------------------------------------------------------------------------------
     # scikit-learn API
@@ -128,7 +131,8 @@ class DeepClusteringBase(
 
         module, objective = self._seeded_build(layout, params, seed, device)
 
-        spec = self._train_spec(params, n_samples, layout)
+        spec = self._with_min_steps(self._train_spec(params, n_samples, layout), params,
+                                    n_samples)
         generator = torch.Generator().manual_seed(seed)
         device_generator = torch.Generator(device=device).manual_seed(seed + 1)
         result = self._run_training(module, objective, source, spec, params, generator,
@@ -250,6 +254,23 @@ class DeepClusteringBase(
     def _train_spec(self, params: dict[str, Any], n_samples: int,
                     layout: InputLayout) -> TrainSpec:
         raise NotImplementedError
+
+    def _with_min_steps(self, spec: TrainSpec, params: dict[str, Any],
+                        n_samples: int) -> TrainSpec:
+        """The preset's epochs, stretched so that a small data set still gets ``min_steps``
+        optimiser steps (ORL's 400 faces make 4 steps an epoch at batch size 128); an
+        explicit ``max_iter`` is used as given."""
+        min_steps = params.get("min_steps", 0)
+        if isinstance(min_steps, str) and min_steps == "auto":
+            min_steps = self._min_steps_per_cluster * self.n_clusters
+        elif (not isinstance(min_steps, numbers.Integral) or isinstance(min_steps, bool)
+                or min_steps < 0):
+            raise ValueError(f"{type(self).__name__}: min_steps={min_steps!r} must be "
+                             "'auto' or an int >= 0")
+        if self.max_iter is not None or min_steps == 0:
+            return spec
+        epochs = -(-int(min_steps) // steps_per_epoch(n_samples, spec))
+        return replace(spec, max_epochs=max(spec.max_epochs, epochs))
 
     def _run_training(self, module: nn.Module, objective: nn.Module, source: ArraySource,
                       spec: TrainSpec, params: dict[str, Any], generator: torch.Generator,

@@ -113,3 +113,30 @@ def test_paper_presets_mine_no_neighbours():
     X = load_digits().images[:60]
     assert DCCMClustering(n_clusters=3, preset="paper", max_iter=1, batch_size=30,
                           random_state=0).fit(X).n_neighbors_ == 0
+
+
+@pytest.mark.parametrize("cls", [DCCMClustering, CRLCClustering])
+def test_min_steps_stretches_the_preset_epochs_only(cls):
+    X = load_digits().images[:200]  # batch size 128: 2 steps an epoch
+    common = {"n_clusters": 3, "n_neighbors": 0, "random_state": 0}
+    preset_epochs = cls._presets["default"]["max_iter"]
+    est = cls(min_steps=2 * preset_epochs + 2, **common).fit(X)
+    assert est.n_iter_ == preset_epochs + 1
+    assert cls(min_steps=2, max_iter=2, **common).fit(X).n_iter_ == 2  # explicit max_iter
+    with pytest.raises(ValueError, match="min_steps"):
+        cls(min_steps=-1, max_iter=1, **common).fit(X)
+
+
+@pytest.mark.parametrize("cls", [DCCMClustering, CRLCClustering])
+def test_auto_min_steps_scale_with_the_number_of_clusters(cls):
+    from skdccm.training import TrainSpec
+
+    spec = TrainSpec(max_epochs=5, batch_size=100, chunk_size=100)  # 400 samples: 4 steps
+    per_cluster = cls._min_steps_per_cluster
+    assert per_cluster > 0
+    for k in (10, 40):
+        stretched = cls(n_clusters=k)._with_min_steps(spec, {"min_steps": "auto"}, 400)
+        assert stretched.max_epochs == max(5, -(-per_cluster * k // 4))
+    # The paper presets train epochs only.
+    paper = cls(n_clusters=40, preset="paper")
+    assert paper._with_min_steps(spec, cls._presets["paper"], 400).max_epochs == 5
