@@ -35,15 +35,22 @@ extensions = [
 root_doc = "index"
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 templates_path: list[str] = []
-html_theme = "alabaster"
+# The PyData theme: the look of scikit-learn's, NumPy's and pandas' sites. The top bar
+# lists the root toctree's pages; each page's own contents go in the right-hand column.
+html_theme = "pydata_sphinx_theme"
 html_theme_options = {
-    "description": "Deep image clustering with the scikit-learn API",
-    "fixed_sidebar": True,
-    "page_width": "1100px",
-    "sidebar_width": "230px",
+    "logo": {"text": f"skdccm {release}"},
+    "navbar_align": "left",
+    "header_links_before_dropdown": 6,
+    "show_toc_level": 2,
+    "navigation_with_keys": False,
+    "secondary_sidebar_items": ["page-toc", "sourcelink"],
+    "footer_start": ["copyright"],
+    "footer_end": ["sphinx-version", "theme-version"],
 }
 html_static_path: list[str] = []
 html_title = f"skdccm {release}"
+html_show_sourcelink = False
 
 # -- API reference ----------------------------------------------------------------------
 autodoc_default_options = {"member-order": "bysource"}

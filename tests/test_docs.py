@@ -319,7 +319,8 @@ def test_numpydoc_public_api():
 # the Sphinx build
 # ----------------------------------------------------------------------------------------
 
-SPHINX_MISSING = _missing("sphinx", "numpydoc", "sphinx_gallery", "matplotlib")
+SPHINX_MISSING = _missing("sphinx", "numpydoc", "sphinx_gallery", "matplotlib",
+                          "pydata_sphinx_theme")
 
 
 @pytest.fixture(scope="module")
