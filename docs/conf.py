@@ -41,7 +41,9 @@ html_theme = "pydata_sphinx_theme"
 html_theme_options = {
     "logo": {"text": f"skdccm {release}"},
     "navbar_align": "left",
-    "header_links_before_dropdown": 6,
+    "header_links_before_dropdown": 5,
+    "navbar_persistent": [],                      # the search button sits at the end
+    "navbar_end": ["search-button", "theme-switcher"],
     "show_toc_level": 2,
     "navigation_with_keys": False,
     "secondary_sidebar_items": ["page-toc", "sourcelink"],

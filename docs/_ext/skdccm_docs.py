@@ -19,7 +19,8 @@ be and builds (with ``-W``) whatever optional parts of the project exist yet:
 
 ``.. optional-figure:: _static/suite_results.png``
     A figure (the options and caption of ``.. figure::``) whose image is generated outside
-    the build and may not be committed yet: when the file is missing, a note saying so.
+    the build and may not be committed yet: when the file is missing, a note saying so
+    (nothing with ``:quiet:``).
 
 ``.. markdown-include:: ../BENCHMARKS.md``
     Renders a small Markdown subset (headings, paragraphs, lists, pipe tables, fenced code,
@@ -217,13 +218,18 @@ class OptionalModule(SphinxDirective):
 
 
 class OptionalFigure(Figure):
-    """``.. figure::`` when its image exists; otherwise a note naming the missing file."""
+    """``.. figure::`` when its image exists; otherwise a note naming the missing file, or
+    nothing with the ``:quiet:`` flag."""
+
+    option_spec = {**Figure.option_spec, "quiet": directives.flag}  # noqa: RUF012
 
     def run(self) -> list[nodes.Node]:
-        source_dir = Path(self.state.document.settings.env.doc2path(
-            self.state.document.settings.env.docname)).parent
+        env = self.state.document.settings.env
+        source_dir = Path(env.doc2path(env.docname)).parent
+        quiet = "quiet" in self.options
+        self.options.pop("quiet", None)
         if not (source_dir / self.arguments[0]).is_file():
-            return [_note(f"(figure {self.arguments[0]} not generated yet)")]
+            return [] if quiet else [_note(f"(figure {self.arguments[0]} not generated yet)")]
         return super().run()
 
 
