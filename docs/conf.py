@@ -46,10 +46,13 @@ html_theme_options = {
     "navbar_end": ["search-button", "theme-switcher"],
     "show_toc_level": 2,
     "navigation_with_keys": False,
-    "secondary_sidebar_items": ["page-toc", "sourcelink"],
+    # The examples' code (up to 100 columns) needs the width of the right-hand column.
+    "secondary_sidebar_items": {"*": ["page-toc", "sourcelink"], "auto_examples/*": []},
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version", "theme-version"],
 }
+# The left column lists a section's pages; only the gallery has a section of pages.
+html_sidebars = {"*": [], "auto_examples/*": ["sidebar-nav-bs"]}
 html_static_path: list[str] = []
 html_title = f"skdccm {release}"
 html_show_sourcelink = False
