@@ -35,15 +35,27 @@ extensions = [
 root_doc = "index"
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 templates_path: list[str] = []
-html_theme = "alabaster"
+# The PyData theme: the look of scikit-learn's, NumPy's and pandas' sites. The top bar
+# lists the root toctree's pages; each page's own contents go in the right-hand column.
+html_theme = "pydata_sphinx_theme"
 html_theme_options = {
-    "description": "Deep image clustering with the scikit-learn API",
-    "fixed_sidebar": True,
-    "page_width": "1100px",
-    "sidebar_width": "230px",
+    "logo": {"text": f"skdccm {release}"},
+    "navbar_align": "left",
+    "header_links_before_dropdown": 5,
+    "navbar_persistent": [],                      # the search button sits at the end
+    "navbar_end": ["search-button", "theme-switcher"],
+    "show_toc_level": 2,
+    "navigation_with_keys": False,
+    # The examples' code (up to 100 columns) needs the width of the right-hand column.
+    "secondary_sidebar_items": {"*": ["page-toc", "sourcelink"], "auto_examples/*": []},
+    "footer_start": ["copyright"],
+    "footer_end": ["sphinx-version", "theme-version"],
 }
+# The left column lists a section's pages; only the gallery has a section of pages.
+html_sidebars = {"*": [], "auto_examples/*": ["sidebar-nav-bs"]}
 html_static_path: list[str] = []
 html_title = f"skdccm {release}"
+html_show_sourcelink = False
 
 # -- API reference ----------------------------------------------------------------------
 autodoc_default_options = {"member-order": "bysource"}

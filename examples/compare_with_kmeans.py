@@ -69,7 +69,7 @@ def main(argv=None):
     for seed in range(n_seeds):
         rows.append(fit_and_score(
             "KMeans", KMeans(n_clusters=10, n_init=10, random_state=seed), pixels, y))
-        # max_iter=None keeps the preset's number of epochs (30 for "default").
+        # max_iter=None keeps the preset's number of epochs.
         rows.append(fit_and_score(
             "DCCM", DCCMClustering(n_clusters=10, max_iter=max_iter, random_state=seed),
             images, y))

@@ -4,9 +4,14 @@ What each cluster holds, and how training went
 
 After clustering images, the first thing to look at is the images themselves: for each
 cluster, the members the network is most confident about. The second is the training
-record in ``history_``: the loss and its parts, the share of confident predictions, the
-density of the pseudo-graph, and the cluster sizes, epoch by epoch. The
-:ref:`user guide <history>` explains each figure.
+record in ``history_``: the loss and its parts, the cluster sizes and how many images
+changed cluster, epoch by epoch. The :ref:`user guide <history>` explains each figure.
+
+This example trains at build time: :class:`~skdccm.CRLCClustering` with its default
+settings on all 1,797 scikit-learn digits, seed 0 (about half a minute on 2 CPU cores).
+Measured when it was written (skdccm 0.1.0, one thread, ``random_state`` 0 / 1 / 2), it
+reached ACC 0.959 / 0.963 / 0.967, where KMeans (``n_init=10``, same seeds) reached
+0.792 / 0.793 / 0.790.
 """
 
 # %%
@@ -19,21 +24,28 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 from sklearn.datasets import load_digits
 
-from skdccm import DCCMClustering
+from skdccm import CRLCClustering
+from skdccm.metrics import clustering_accuracy
 
 # The documentation's tests set SKDCCM_DOCS_QUICK=1 to run a much smaller version.
 QUICK = os.environ.get("SKDCCM_DOCS_QUICK") == "1"
-N_IMAGES, MAX_ITER = (300, 3) if QUICK else (1000, 10)
+N_IMAGES, MAX_ITER = (300, 3) if QUICK else (None, None)  # None: all images, the preset's
+SEED = 0
 
-X = load_digits().images[:N_IMAGES] / 16.0        # (n, 8, 8) grey images in [0, 1]
-est = DCCMClustering(n_clusters=10, max_iter=MAX_ITER, random_state=0, verbose=2)
+digits = load_digits()
+X = digits.images[:N_IMAGES] / 16.0               # (n, 8, 8) grey images in [0, 1]
+est = CRLCClustering(n_clusters=10, max_iter=MAX_ITER, random_state=SEED, verbose=2)
 est.fit(X)
+# The labels only score the result here; training never saw them.
+print("ACC against the true digits:",
+      round(clustering_accuracy(digits.target[:N_IMAGES], est.labels_), 3))
 
 # %%
 # With ``verbose=2`` each epoch printed one line: the loss and its unweighted parts
-# (``graph``, ``label``, ``mi``, ``balance``), the share of confident samples, the share of
-# linked pairs in the pseudo-graph, the smallest and largest cluster, and the share of
-# samples that changed cluster since the previous epoch.
+# (``fc``: the representation head's contrastive loss; ``pc``: the clustering sub-heads',
+# averaged, and ``pc_min`` the lowest sub-head's; ``entropy``: the spread over clusters;
+# ``logit_penalty``), the smallest and largest cluster, and the share of samples that
+# changed cluster since the previous epoch.
 #
 # Each cluster's most confident members
 # -------------------------------------
@@ -68,38 +80,31 @@ history = est.history_
 epochs = [record["epoch"] for record in history]
 parts = sorted(history[0]["loss_parts"])
 
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), layout="constrained")
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")
 axes[0].plot(epochs, [r["loss"] for r in history], "k-o", label="total")
 for part in parts:
     axes[0].plot(epochs, [r["loss_parts"][part] for r in history], "--", label=part)
 axes[0].set_title("loss and its (unweighted) parts")
 axes[0].legend(fontsize=8)
 
-axes[1].plot(epochs, [r["confident"] for r in history], "-o", label="confident samples")
-axes[1].plot(epochs, [r["graph_positive"] for r in history], "-o",
-             label="linked pairs (pseudo-graph)")
-axes[1].axhline(1 / est.n_clusters, color="gray", lw=0.8, ls=":", label="1 / K")
-axes[1].set_ylim(0, 1)
-axes[1].set_title("targets")
-axes[1].legend(fontsize=8)
-
-axes[2].fill_between(epochs, [r["cluster_min"] for r in history],
+axes[1].fill_between(epochs, [r["cluster_min"] for r in history],
                      [r["cluster_max"] for r in history], alpha=0.3,
                      label="smallest to largest cluster")
-axes[2].axhline(1 / est.n_clusters, color="gray", lw=0.8, ls=":", label="1 / K")
+axes[1].axhline(1 / est.n_clusters, color="gray", lw=0.8, ls=":", label="1 / K")
 changes = [(r["epoch"], r["label_change"]) for r in history if "label_change" in r]
 if changes:
-    axes[2].plot(*zip(*changes, strict=True), "-o", label="samples changing cluster")
-axes[2].set_ylim(0, 1)
-axes[2].set_title("cluster sizes and stability (shares)")
-axes[2].legend(fontsize=8)
+    axes[1].plot(*zip(*changes, strict=True), "-o", label="samples changing cluster")
+axes[1].set_ylim(0, 1)
+axes[1].set_title("cluster sizes and stability (shares)")
+axes[1].legend(fontsize=8)
 for ax in axes:
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 plt.show()
 
 # %%
-# Healthy training shows the share of confident samples rising, the share of linked pairs
-# approaching 1/K (each image linked to its own cluster only), cluster sizes staying near
-# 1/K and fewer samples changing cluster. A largest cluster climbing towards 1 would mean
-# the clusters are collapsing.
+# Healthy training shows the losses falling, cluster sizes staying near 1/K and fewer
+# samples changing cluster as the learning rate decays. A largest cluster climbing towards
+# 1 would mean the clusters are collapsing. :class:`~skdccm.DCCMClustering` records the
+# same figures, and also the share of confident predictions and the density of its
+# pseudo-graph (``confident``, ``graph_positive``).

@@ -9,6 +9,12 @@ and see which digits each method confuses with confusion matrices.
 Clusters have no names, so before comparing them with the digits each cluster is matched
 to one digit by the Hungarian algorithm (:func:`skdccm.metrics.match_clusters`), the same
 matching that the clustering accuracy uses.
+
+This example trains at build time: DCCM with its default settings on all 1,797 digits,
+seed 0 (about a minute on 2 CPU cores). Measured when it was written (skdccm 0.1.0, one
+thread, ``random_state`` 0 / 1 / 2 for both methods), DCCM reached ACC
+0.947 / 0.837 / 0.857 and KMeans 0.792 / 0.793 / 0.790: DCCM ahead on every seed,
+by 0.04 to 0.16. The :doc:`/benchmarks` page has more seeds and data sets.
 """
 
 # %%
@@ -31,7 +37,8 @@ from skdccm.metrics import clustering_scores, match_clusters
 
 # The documentation's tests set SKDCCM_DOCS_QUICK=1 to run a much smaller version.
 QUICK = os.environ.get("SKDCCM_DOCS_QUICK") == "1"
-N_IMAGES, MAX_ITER = (300, 2) if QUICK else (1000, 8)
+N_IMAGES, MAX_ITER = (300, 2) if QUICK else (None, None)  # None: all images, the preset's
+SEED = 0
 
 digits = load_digits()
 X = digits.images[:N_IMAGES] / 16.0
@@ -42,15 +49,17 @@ print(X.shape, X.dtype, "digits:", np.bincount(y))
 # Fit both
 # --------
 # KMeans needs a 2-D array, so it gets the flattened pixels; DCCM takes the images and
-# trains a small CNN on them. Both are seeded.
+# trains a CNN on them. Both are seeded. ``max_iter=None`` keeps the preset's number
+# of epochs (:preset-value:`skdccm.dccm.PRESETS default max_iter` in the default preset).
 start = time.perf_counter()
-kmeans = KMeans(n_clusters=10, n_init=10, random_state=0).fit(X.reshape(len(X), -1))
+kmeans = KMeans(n_clusters=10, n_init=10, random_state=SEED).fit(X.reshape(len(X), -1))
 kmeans_seconds = time.perf_counter() - start
 
 start = time.perf_counter()
-dccm = DCCMClustering(n_clusters=10, max_iter=MAX_ITER, random_state=0).fit(X)
+dccm = DCCMClustering(n_clusters=10, max_iter=MAX_ITER, random_state=SEED).fit(X)
 dccm_seconds = time.perf_counter() - start
 
+print(f"DCCM: {dccm.n_iter_} epochs, preset {dccm.preset!r}")
 results = {"KMeans": (kmeans.labels_, kmeans_seconds), "DCCM": (dccm.labels_, dccm_seconds)}
 for name, (labels, seconds) in results.items():
     scores = clustering_scores(y, labels)
@@ -58,9 +67,9 @@ for name, (labels, seconds) in results.items():
           f"ARI {scores['ari']:.3f}  ({seconds:.1f} s)")
 
 # %%
-# DCCM trained for only ``MAX_ITER`` epochs here, to keep the example short; its default
-# is 30. Deep clustering improves with training far more than KMeans does with more
-# restarts: the :doc:`/benchmarks` page gives the figures of full runs.
+# DCCM's result depends on the seed far more than KMeans' does (see the three seeds at the
+# top of the page): DCCM learns from its own confident predictions, so a run whose early
+# clusters mix two look-alike digits keeps confirming them.
 #
 # Confusion matrices
 # ------------------

@@ -2,13 +2,21 @@
 Pipeline and GridSearchCV
 =========================
 
-:class:`~skdccm.DCCMClustering` is a scikit-learn estimator, so it can be a step of a
-:class:`~sklearn.pipeline.Pipeline` and be tuned with
-:class:`~sklearn.model_selection.GridSearchCV`, like any clusterer.
+:class:`~skdccm.CRLCClustering` (like :class:`~skdccm.DCCMClustering`) is a
+scikit-learn estimator, so it can be a step of a :class:`~sklearn.pipeline.Pipeline` and
+be tuned with :class:`~sklearn.model_selection.GridSearchCV`, like any clusterer.
 
 Here a pipeline scales flattened digit images and clusters them. The search compares
-KMeans and two DCCM variants (with and without the balance term that keeps clusters from
+KMeans and two CRLC variants (with and without the entropy term that keeps clusters from
 collapsing) in one go, by swapping the pipeline's last step.
+
+This example trains at build time (one to two minutes on 2 CPU cores), with CRLC's
+default settings on 1,200 digits and 597 held out. Measured when it was written (skdccm
+0.1.0, one thread, ``SEED`` 0 / 1 / 2 for CRLC, KMeans and the folds), the mean validation
+ACC was 0.768 / 0.766 / 0.759 for KMeans, 0.885 / 0.852 / 0.843 for CRLC and 0.759 /
+0.779 / 0.756 for CRLC without its entropy term; the search picked CRLC with the entropy
+term each time, and its refitted pipeline reached 0.905 / 0.926 / 0.920 on the held-out
+digits.
 
 .. note::
 
@@ -23,8 +31,8 @@ collapsing) in one go, by swapping the pipeline's last step.
 # ----
 # scikit-learn transformers such as :class:`~sklearn.preprocessing.MinMaxScaler` expect
 # 2-D input, so we keep the digits flattened (64 columns) and tell the clusterer their
-# image shape with ``image_shape=(8, 8)``: it then trains a CNN on 8x8 images, not an MLP
-# on 64 numbers.
+# image shape with ``image_shape=(8, 8)``: it then treats them as 8x8 images (and draws
+# its augmented views as images). ``max_iter=None`` keeps the preset's number of epochs.
 import os
 
 import matplotlib.pyplot as plt
@@ -35,12 +43,13 @@ from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler
 
-from skdccm import DCCMClustering
+from skdccm import CRLCClustering
 from skdccm.metrics import clustering_accuracy, clustering_accuracy_scorer
 
 # The documentation's tests set SKDCCM_DOCS_QUICK=1 to run a much smaller version.
 QUICK = os.environ.get("SKDCCM_DOCS_QUICK") == "1"
-N_SEARCH, N_HELD_OUT, MAX_ITER = (200, 100, 1) if QUICK else (800, 400, 5)
+N_SEARCH, N_HELD_OUT, MAX_ITER = (200, 100, 1) if QUICK else (1200, 597, None)
+SEED = 0
 
 X, y = load_digits(return_X_y=True)               # X: (1797, 64), values 0..16
 X_search, y_search = X[:N_SEARCH], y[:N_SEARCH]
@@ -50,19 +59,20 @@ X_held_out, y_held_out = X[N_SEARCH:N_SEARCH + N_HELD_OUT], y[N_SEARCH:N_SEARCH 
 # The pipeline and the grid
 # -------------------------
 # Each entry of ``param_grid`` is a separate grid. The first swaps the ``cluster`` step
-# for KMeans; the second keeps DCCM and varies its ``balance_weight``. Parameters of a
-# step are addressed as ``<step>__<parameter>``.
+# for KMeans; the second keeps CRLC and varies its ``entropy_weight``: 0 switches the
+# entropy term off, ``None`` keeps the preset's weight. Parameters of a step are addressed
+# as ``<step>__<parameter>``.
 pipe = Pipeline([
     ("scale", MinMaxScaler()),
-    ("cluster", DCCMClustering(n_clusters=10, image_shape=(8, 8), max_iter=MAX_ITER,
-                               random_state=0)),
+    ("cluster", CRLCClustering(n_clusters=10, image_shape=(8, 8), max_iter=MAX_ITER,
+                               random_state=SEED)),
 ])
 param_grid = [
-    {"cluster": [KMeans(n_clusters=10, n_init=10, random_state=0)]},
-    {"cluster__balance_weight": [0.0, 1.0]},
+    {"cluster": [KMeans(n_clusters=10, n_init=10, random_state=SEED)]},
+    {"cluster__entropy_weight": [0.0, None]},
 ]
 search = GridSearchCV(pipe, param_grid, scoring=clustering_accuracy_scorer,
-                      cv=KFold(n_splits=2, shuffle=True, random_state=0))
+                      cv=KFold(n_splits=2, shuffle=True, random_state=SEED))
 search.fit(X_search, y_search)
 
 # %%
@@ -76,7 +86,8 @@ for params in results["params"]:
     if "cluster" in params:
         names.append("KMeans")
     else:
-        names.append(f"DCCM balance_weight={params['cluster__balance_weight']:g}")
+        weight = params["cluster__entropy_weight"]
+        names.append(f"CRLC entropy_weight={'preset' if weight is None else weight}")
 for name, mean, std, seconds in zip(names, results["mean_test_score"],
                                     results["std_test_score"], results["mean_fit_time"],
                                     strict=True):

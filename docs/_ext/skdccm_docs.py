@@ -1,7 +1,7 @@
 """Sphinx helpers for the skdccm documentation.
 
-Three directives, so that the documentation is generated from the code where it can be and
-builds (with ``-W``) whatever optional parts of the project exist yet:
+Directives and roles, so that the documentation is generated from the code where it can
+be and builds (with ``-W``) whatever optional parts of the project exist yet:
 
 ``.. preset-table:: skdccm.dccm.PRESETS``
     A table of every preset's settings, read from the dict (of dicts or dataclasses) at
@@ -9,9 +9,18 @@ builds (with ``-W``) whatever optional parts of the project exist yet:
     (``:described-by:``) and the cells that differ from the reference preset
     (``:reference:``) in bold.
 
+``:preset-value:`skdccm.dccm.PRESETS default max_iter```
+    One preset's value, read from the code at build time (as the tables show it), so that
+    prose never states a default the code has since changed.
+
 ``.. optional-module:: skdccm.crlc``
     Renders its content only when the module (and the ``:needs:`` attribute) imports;
     otherwise a short note. Used for parts of the API added by other issues.
+
+``.. optional-figure:: _static/suite_results.png``
+    A figure (the options and caption of ``.. figure::``) whose image is generated outside
+    the build and may not be committed yet: when the file is missing, a note saying so
+    (nothing with ``:quiet:``).
 
 ``.. markdown-include:: ../BENCHMARKS.md``
     Renders a small Markdown subset (headings, paragraphs, lists, pipe tables, fenced code,
@@ -31,6 +40,7 @@ from typing import Any
 
 from docutils import nodes
 from docutils.parsers.rst import directives
+from docutils.parsers.rst.directives.images import Figure
 from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
 
@@ -158,6 +168,20 @@ def preset_diff_role(name, rawtext, text, lineno, inliner, options=None, content
     return [nodes.strong("", "", nodes.literal(text, text), classes=["preset-diff"])], []
 
 
+def preset_value_role(name, rawtext, text, lineno, inliner, options=None, content=None):
+    """``:preset-value:`skdccm.dccm.PRESETS default max_iter``` -> ``25`` (from the code)."""
+    try:
+        path, preset, key = text.split()
+        value = as_settings(import_object(path)[preset])[key]
+    except (ValueError, ImportError, AttributeError, KeyError) as exc:
+        message = inliner.reporter.error(
+            f"preset-value {text!r}: expected 'module.PRESETS preset parameter' naming an "
+            f"existing value ({exc!r})", line=lineno)
+        return [inliner.problematic(rawtext, rawtext, message)], [message]
+    shown = format_value(value)
+    return [nodes.literal(rawtext, shown)], []
+
+
 def _escape_cell(text: str) -> str:
     # A cell is one line of reStructuredText; an empty one needs a placeholder.
     return text.replace("\n", " ") or "\\"
@@ -186,6 +210,27 @@ class OptionalModule(SphinxDirective):
         container = nodes.container()
         nested_parse_with_titles(self.state, self.content, container)
         return container.children
+
+
+# ----------------------------------------------------------------------------------------
+# optional figures
+# ----------------------------------------------------------------------------------------
+
+
+class OptionalFigure(Figure):
+    """``.. figure::`` when its image exists; otherwise a note naming the missing file, or
+    nothing with the ``:quiet:`` flag."""
+
+    option_spec = {**Figure.option_spec, "quiet": directives.flag}  # noqa: RUF012
+
+    def run(self) -> list[nodes.Node]:
+        env = self.state.document.settings.env
+        source_dir = Path(env.doc2path(env.docname)).parent
+        quiet = "quiet" in self.options
+        self.options.pop("quiet", None)
+        if not (source_dir / self.arguments[0]).is_file():
+            return [] if quiet else [_note(f"(figure {self.arguments[0]} not generated yet)")]
+        return super().run()
 
 
 # ----------------------------------------------------------------------------------------
@@ -355,7 +400,9 @@ def _string_list(lines: list[str], source_info: tuple[str, int]):
 
 def setup(app) -> dict[str, Any]:
     app.add_role("preset-diff", preset_diff_role)
+    app.add_role("preset-value", preset_value_role)
     app.add_directive("preset-table", PresetTable)
     app.add_directive("optional-module", OptionalModule)
     app.add_directive("markdown-include", MarkdownInclude)
+    app.add_directive("optional-figure", OptionalFigure)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}
