@@ -2,6 +2,7 @@
 
 import csv
 import json
+import mmap
 import subprocess
 import sys
 
@@ -94,10 +95,12 @@ def test_missing_crlc_is_left_out_of_the_demo_and_refused_by_name(monkeypatch):
 
 
 def test_peak_memory_sees_a_large_allocation():
-    with harness.PeakMemory() as memory:
-        block = np.ones(64 * 2**20 // 8)  # 64 MB, touched
-        block += 1
-    del block
+    with harness.PeakMemory() as memory, mmap.mmap(-1, 64 * 2**20) as region:
+        # Fresh pages from the kernel: np.ones could reuse heap memory that earlier tests
+        # freed but the allocator kept resident, and the peak would not move.
+        block = np.frombuffer(region, dtype=np.uint8)
+        block[:] = 1  # 64 MB, touched
+        del block
     assert memory.peak_mb > 48
 
 
