@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.datasets import load_digits
 
 from skdccm import DCCMClustering
@@ -53,3 +54,13 @@ def make_dccm():
 def fitted_dccm(digit_images):
     """One tiny fit shared by a test module: 10 clusters, 3 epochs, default preset."""
     return DCCMClustering(n_clusters=10, max_iter=3, **TINY).fit(digit_images)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread (figures measured so, or compared with a child that
+    runs so), restoring the thread count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

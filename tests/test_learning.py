@@ -12,7 +12,6 @@ against 0.23 / 0.17 / 0.23. The bar, 0.2 per seed, is well below the smallest ga
 from __future__ import annotations
 
 import pytest
-import torch
 from sklearn.metrics import normalized_mutual_info_score
 
 from skdccm import CRLCClustering, DCCMClustering
@@ -28,14 +27,6 @@ SHORT_FITS = {
 def digits_400():
     X, y = load_digits_images()
     return X[:400], y[:400]
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -249,15 +249,6 @@ def wait_for_line(child: subprocess.Popen, prefix: str) -> list[str]:
                 + "".join(seen) + err)
 
 
-@pytest.fixture
-def one_thread():
-    """Run the parent's share of a comparison on one thread, like the child."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_sigint_during_fit_warns_keeps_a_model_and_returns():
     # Many epochs: the signal lands in training, long before the last one.
     child = start_child("""
