@@ -142,6 +142,10 @@ class EpochProgress:
             self.started = time.perf_counter() - record.get("seconds", 0.0)
             self.planned = self.total(estimator) if self.total else None
         self.epochs += 1
+        # The loop's own plan can be longer than the parameters say (min_steps stretches
+        # the preset's epochs on small data sets).
+        if self.planned is not None:
+            self.planned = max(self.planned, int(record.get("planned_epochs") or 0))
         if self.describe is not None:
             self.progress.detail(self.describe(record, self.planned or self.epochs))
         last = self.planned is not None and self.epochs >= self.planned

@@ -668,3 +668,24 @@ def test_suite_keeps_finished_runs_when_interrupted(tmp_path, monkeypatch):
     assert rc == 130
     rows = read_csv(out / "suite.csv")
     assert [(r["set"], r["runs"]) for r in rows] == [("digits", "2")]
+
+
+def test_epoch_progress_follows_the_loops_longer_plan():
+    """min_steps stretches the preset's epochs: the ETA counts against the loop's plan."""
+    from skdccm.console import EpochProgress
+
+    class Recorder:
+        def __init__(self):
+            self.totals = []
+
+        def detail(self, text):
+            pass
+
+        def update(self, label, done, total, started, *, keep=False):
+            self.totals.append(total)
+
+    recorder = Recorder()
+    watcher = EpochProgress(recorder, "dccm", total=lambda estimator: 25)
+    for _ in range(2):
+        watcher(None, {"seconds": 1.0, "planned_epochs": 100})
+    assert recorder.totals == [100, 100]
