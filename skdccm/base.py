@@ -261,12 +261,8 @@ class DeepClusteringBase(
         optimiser steps (ORL's 400 faces make 4 steps an epoch at batch size 128); an
         explicit ``max_iter`` is used as given."""
         min_steps = params.get("min_steps", 0)
-        if isinstance(min_steps, str) and min_steps == "auto":
+        if min_steps == "auto":
             min_steps = self._min_steps_per_cluster * self.n_clusters
-        elif (not isinstance(min_steps, numbers.Integral) or isinstance(min_steps, bool)
-                or min_steps < 0):
-            raise ValueError(f"{type(self).__name__}: min_steps={min_steps!r} must be "
-                             "'auto' or an int >= 0")
         if self.max_iter is not None or min_steps == 0:
             return spec
         epochs = -(-int(min_steps) // steps_per_epoch(n_samples, spec))
@@ -326,6 +322,11 @@ class DeepClusteringBase(
         if not np.isfinite(learning_rate) or learning_rate <= 0:  # inf would diverge later
             raise ValueError(f"{name}: learning_rate={learning_rate!r} must be > 0 and "
                              "finite")
+        min_steps = params.get("min_steps", 0)
+        if not (isinstance(min_steps, str) and min_steps == "auto") and (
+                not isinstance(min_steps, numbers.Integral) or isinstance(min_steps, bool)
+                or min_steps < 0):
+            raise ValueError(f"{name}: min_steps={min_steps!r} must be 'auto' or an int >= 0")
         if self.tol < 0:
             raise ValueError(f"{name}: tol={self.tol!r} must be >= 0")
         if self.precision not in ("auto", "float32", "bf16", "fp16"):

@@ -543,7 +543,7 @@ or instance
         n_negatives: int | None = None,
         mi_hidden: int | None = None,
         n_neighbors: int | str | None = None,
-        min_steps: int | None = None,
+        min_steps: int | str | None = None,
         ablation: str | None = None,
         augmentation: Any = "auto",
         device: str = "auto",
