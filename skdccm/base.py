@@ -75,6 +75,8 @@ class DeepClusteringBase(
     _presets: ClassVar[dict[str, dict[str, Any]]] = {}
     #: ``min_steps="auto"``: this many optimiser steps per cluster at least
     _min_steps_per_cluster: ClassVar[int] = 0
+    #: ``n_neighbors="auto"``: no neighbours when the mean cluster size is above this
+    _neighbour_max_cluster_size: ClassVar[int | None] = None
 
     # ------------------------------------------------------------------------------------
     # scikit-learn API
@@ -124,7 +126,8 @@ class DeepClusteringBase(
 
         self.n_neighbors_ = resolve_neighbour_count(params["n_neighbors"], n_samples,
                                                     self.n_clusters, layout.sample_shape,
-                                                    type(self).__name__)
+                                                    type(self).__name__,
+                                                    self._neighbour_max_cluster_size)
         if self.n_neighbors_:  # data-parallel: neighbours within this rank's shard
             source.neighbours = pixel_neighbours(source,
                                                  min(self.n_neighbors_, len(source) - 1))

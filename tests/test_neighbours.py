@@ -109,6 +109,21 @@ def test_without_neighbours_no_partners_are_drawn(cls, monkeypatch):
     assert est.n_neighbors_ == 0 and calls and all(c is None for c in calls)
 
 
+def test_auto_count_stops_above_the_largest_cluster_size():
+    assert auto_neighbour_count(3000, 10, (1, 28, 28), max_cluster_size=300) == 20
+    assert auto_neighbour_count(3001, 10, (1, 28, 28), max_cluster_size=300) == 0
+    assert resolve_neighbour_count("auto", 3001, 10, (784,), "X", max_cluster_size=300) == 0
+    assert resolve_neighbour_count(5, 3001, 10, (784,), "X", max_cluster_size=300) == 5
+
+
+@pytest.mark.parametrize("cls, expected", [(DCCMClustering, 20), (CRLCClustering, 0)])
+def test_crlc_mines_no_neighbours_for_large_clusters(cls, expected):
+    # 320 images a cluster: above CRLC's limit (300), not DCCM's (none).
+    X = np.random.default_rng(0).random((640, 4, 4)).astype(np.float32)
+    est = cls(n_clusters=2, max_iter=1, batch_size=64, random_state=0).fit(X)
+    assert est.n_neighbors_ == expected
+
+
 def test_paper_presets_mine_no_neighbours():
     X = load_digits().images[:60]
     assert DCCMClustering(n_clusters=3, preset="paper", max_iter=1, batch_size=30,
