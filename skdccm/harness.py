@@ -706,16 +706,3 @@ def write_plots(out: Path, run: Run, images: np.ndarray, pixels: np.ndarray,
     plot_embedding(target, points, run.labels[pick], f"{name} on {dataset}: PCA of {space}")
     written.append(target.name)
     return written
-
-
-class TimeLimit:
-    """Training callback: stop after the epoch during which ``seconds`` have passed."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.start = time.perf_counter()
-        self.stopped = False
-
-    def __call__(self, estimator, record) -> bool:
-        self.stopped = time.perf_counter() - self.start >= self.seconds
-        return self.stopped

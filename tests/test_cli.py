@@ -544,6 +544,25 @@ def test_demo_quick(capsys):
     assert float(table["KMeans(n_init=10)"].split("|")[2]) > 0.5
 
 
+def test_demo_time_limit_is_each_deep_method_s_max_time(capsys, monkeypatch):
+    seen = []
+    real_fit_one = cli.fit_one
+
+    def fit_one(method, seed, images, pixels, y, k, params, progress):
+        seen.append((method.name, params.get("max_time")))
+        return real_fit_one(method, seed, images, pixels, y, k, params, progress)
+
+    monkeypatch.setattr(cli, "fit_one", fit_one)
+    # 1e-3 s: the budget runs out in the first epoch, so each deep fit is shortened.
+    assert cli.main(["demo", "--n-samples", "60", "--time-limit", "0.002",
+                     "--device", "cpu"]) == 0
+    deep = [name for name, _ in seen if name != "kmeans"]
+    assert seen == [(name, 0.002 / len(deep)) for name in deep] + [("kmeans", None)]
+    out = capsys.readouterr().out
+    assert out.count("shortened to the time limit (") == len(deep)
+    assert "trains it fully" in out
+
+
 def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "skdccm", "--help"], capture_output=True,
                             text=True, timeout=120)
