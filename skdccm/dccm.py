@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .augment import AffineAugmentation, dccm_view, resolve_affine
+from .augment import AffineAugmentation, dccm_view, resolve_affine, resolve_contrastive
 from .base import DeepClusteringBase, _as_list
-from .budget import TimeBudget, TrialShare
+from .budget import StageShare, TimeBudget, TrialShare
 from .data import ArraySource, InputLayout
 from .distributed import SINGLE_PROCESS, Collective
 from .losses import (
@@ -39,6 +39,7 @@ from .networks import (
     make_backbone,
     use_batch_statistics,
 )
+from .pretraining import ContrastiveWarmStart
 from .training import (
     CHECKPOINT_NAME,
     ChunkTargets,
@@ -57,6 +58,9 @@ ABLATIONS = {
     "M4": {"robustness": True, "labels": True, "mi": True},      # + triplet MI: full DCCM
 }
 
+#: NT-Xent temperature of the warm start (``pretrain_epochs``): CRLC's.
+WARM_START_TEMPERATURE = 0.1
+
 #: ``min_steps="auto"`` (the default preset): at least this many optimiser steps per cluster
 #: when ``max_iter`` is not given, so that small data sets with many clusters get more
 #: epochs (ORL, 400 faces of 40 people: 4 steps an epoch at batch size 128).
@@ -69,7 +73,7 @@ _PAPER = {
     "alpha": 5.0, "beta": 0.1, "graph_threshold": 0.95, "confidence_threshold": 0.9,
     "pseudo_label_loss": "ce", "original_view_loss": True, "balance_weight": 0.0,
     "bn_batch_stats": True, "n_negatives": 2, "mi_hidden": 512, "n_neighbors": 0,
-    "min_steps": 0,
+    "min_steps": 0, "pretrain_epochs": 0,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -352,6 +356,12 @@ or instance
     init_iter : int, default=None
         Epochs of each initialisation before the choice; None (or ``max_iter`` or more):
         whole runs.
+    pretrain_epochs : int, default=None
+        Epochs of a contrastive warm start before DCCM's own loss: the backbone and a
+        projection head of its own (dropped afterwards) learn with NT-Xent which images are
+        views of the same image (two views as CRLC draws them, :mod:`skdccm.pretraining`),
+        so that the first pseudo-graph groups look-alikes. With ``n_init > 1`` every
+        initialisation starts from the one warm-started backbone. Paper: 0; default: 0.
     batch_size : int, default=None
         Minibatch size of the gradient steps. Paper: 32; default: 128.
     target_batch_size : int, default=None
@@ -524,6 +534,7 @@ or instance
         max_iter: int | None = None,
         n_init: int = 1,
         init_iter: int | None = None,
+        pretrain_epochs: int | None = None,
         batch_size: int | None = None,
         target_batch_size: int | None = None,
         passes_per_target: int | None = None,
@@ -569,6 +580,7 @@ or instance
         self.max_iter = max_iter
         self.n_init = n_init
         self.init_iter = init_iter
+        self.pretrain_epochs = pretrain_epochs
         self.batch_size = batch_size
         self.target_batch_size = target_batch_size
         self.passes_per_target = passes_per_target
@@ -625,6 +637,9 @@ or instance
                 raise ValueError(f"{name}: {key}={params[key]!r} must be >= 0")
         sizes = {key: params[key] for key in ("target_batch_size", "passes_per_target",
                                               "draws_per_batch", "n_negatives", "mi_hidden")}
+        pretrain = params["pretrain_epochs"]
+        if not isinstance(pretrain, numbers.Integral) or isinstance(pretrain, bool) or pretrain < 0:
+            raise ValueError(f"{name}: pretrain_epochs={pretrain!r} must be an int >= 0")
         sizes["n_init"] = self.n_init
         if self.init_iter is not None:
             sizes["init_iter"] = self.init_iter
@@ -679,10 +694,62 @@ or instance
                       device_generator: torch.Generator,
                       collective: Collective = SINGLE_PROCESS,
                       budget: TimeBudget | None = None) -> TrainResult:
-        """Train ``n_init`` initialisations for ``init_iter`` epochs each, then go on with
-        the one whose training loss was lowest (label-free, like KMeans' inertia)."""
-        callbacks = _as_list(self.callbacks)
+        """The optional contrastive warm start, then DCCM's loss (:meth:`_cluster`)."""
         budget = budget or TimeBudget()
+        if params["pretrain_epochs"] == 0:
+            return self._cluster(module, objective, source, spec, params, generator,
+                                 device_generator, collective, budget)
+        warm = self._warm_start(module, source, spec, params, generator, device_generator,
+                                collective, budget)
+        history = [{**record, "stage": "pretrain"} for record in warm.history]
+        if warm.interrupted:
+            self.init_losses_, self.best_init_ = np.array([]), 0
+            return replace(warm, objective=objective, history=history)
+        # Later initialisations (n_init) start from this backbone, not from random weights.
+        backbone = ({key: value.clone() for key, value in module.backbone.state_dict().items()}
+                    if self.n_init > 1 else None)
+        result = self._cluster(module, objective, source, spec, params, generator,
+                               device_generator, collective, budget, backbone)
+        history += [{**record, "stage": "cluster"} for record in result.history]
+        return replace(result, history=history, n_epochs=len(history))
+
+    def _warm_start(self, module: DCCMNetwork, source: ArraySource, spec: TrainSpec,
+                    params: dict[str, Any], generator: torch.Generator,
+                    device_generator: torch.Generator, collective: Collective,
+                    budget: TimeBudget) -> TrainResult:
+        """``pretrain_epochs`` of NT-Xent on the backbone (:mod:`skdccm.pretraining`)."""
+        # The projection head's initialisation is seeded too (fit's seed, global RNG forked).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(generator.initial_seed())
+            warm_objective = ContrastiveWarmStart(
+                module.embed[0].in_features,
+                resolve_contrastive("auto", source.layout.sample_shape),
+                source.layout.value_range, WARM_START_TEMPERATURE,
+            ).to(source.device)
+        warm_spec = replace(
+            spec, max_epochs=params["pretrain_epochs"], chunk_size=spec.batch_size,
+            passes_per_chunk=1, steps_per_batch=1, tol=0.0,
+            checkpoint_dir=(str(Path(spec.checkpoint_dir) / "pretrain")
+                            if spec.checkpoint_dir else None),
+            fingerprint={**spec.fingerprint, "stage": "pretrain"},
+        )
+        share = StageShare(params["pretrain_epochs"]
+                           / (params["pretrain_epochs"] + spec.max_epochs))
+        return train(module, warm_objective, source, warm_spec, generator, device_generator,
+                     callbacks=_as_list(self.callbacks), owner=self, collective=collective,
+                     budget=budget, plan=share)
+
+    def _cluster(self, module: nn.Module, objective: nn.Module, source: ArraySource,
+                 spec: TrainSpec, params: dict[str, Any], generator: torch.Generator,
+                 device_generator: torch.Generator, collective: Collective,
+                 budget: TimeBudget, backbone: dict[str, Tensor] | None = None) -> TrainResult:
+        """Train ``n_init`` initialisations for ``init_iter`` epochs each, then go on with
+        the one whose training loss was lowest (label-free, like KMeans' inertia).
+
+        ``backbone``: the warm-started backbone's weights, which every later
+        initialisation loads (the first one trains on from them already).
+        """
+        callbacks = _as_list(self.callbacks)
         n_init = int(self.n_init)
         init_iter = spec.max_epochs if self.init_iter is None else min(int(self.init_iter),
                                                                         spec.max_epochs)
@@ -710,6 +777,8 @@ or instance
                 trial_seed = (seed + i * INIT_SEED_STRIDE) % (2**31 - 1)
                 module, objective = self._seeded_build(source.layout, params, trial_seed,
                                                        source.device)
+                if backbone is not None:
+                    module.backbone.load_state_dict(backbone)
                 generator = torch.Generator().manual_seed(trial_seed)
                 device_generator = torch.Generator(device=source.device).manual_seed(
                     trial_seed + 1)

@@ -228,6 +228,14 @@ def test_crlc_pretraining_takes_its_share_of_the_budget(X, ticking):
     assert est.n_iter_ == 4 and est.stopped_by_time_
 
 
+def test_dccm_warm_start_takes_its_share_of_the_budget(X, ticking):
+    # The same plan as CRLC's pre-training above: one mechanism for both estimators.
+    est = tiny(DCCMClustering, pretrain_epochs=2, max_iter=4, max_time=60.0).fit(X)
+    assert planned(est, "pretrain") == [1]
+    assert planned(est, "cluster") == [3, 3, 3]
+    assert est.n_iter_ == 4 and est.stopped_by_time_
+
+
 def test_crlc_clustering_stage_trains_even_when_pretraining_used_the_budget(X, ticking):
     est = tiny(CRLCClustering, pretrain_epochs=3, max_iter=3, max_time=TICK / 2).fit(X)
     assert [r["stage"] for r in est.history_] == ["pretrain", "cluster"]
