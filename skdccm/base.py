@@ -38,7 +38,12 @@ from .data import (
     value_range,
 )
 from .distributed import SINGLE_PROCESS, Collective, resolve_strategy
-from .neighbours import pixel_neighbours, resolve_neighbour_count
+from .neighbours import (
+    feature_neighbours,
+    pixel_neighbours,
+    resolve_neighbour_count,
+    resolve_neighbour_space,
+)
 from .training import (
     TrainResult,
     TrainSpec,
@@ -104,6 +109,8 @@ class DeepClusteringBase(
         # max_time covers the whole fit, from here.
         budget = TimeBudget(_check_max_time(self.max_time, type(self).__name__))
         params = self._resolved_params()
+        space = resolve_neighbour_space(self.neighbor_space, params["pretrain_epochs"],
+                                        type(self).__name__)
         X, layout = self._validate_input(X, reset=True)
         n_samples = X.shape[0]
         if n_samples < self.n_clusters:
@@ -124,11 +131,14 @@ class DeepClusteringBase(
         layout = _with_range(layout, (-bounds[0], bounds[1]))
         source.layout = layout
 
-        self.n_neighbors_ = resolve_neighbour_count(params["n_neighbors"], n_samples,
-                                                    self.n_clusters, layout.sample_shape,
-                                                    type(self).__name__,
-                                                    self._neighbour_max_cluster_size)
-        if self.n_neighbors_:  # data-parallel: neighbours within this rank's shard
+        self.neighbor_space_ = space
+        self.n_neighbors_ = resolve_neighbour_count(
+            params["n_neighbors"], n_samples, self.n_clusters, layout.sample_shape,
+            type(self).__name__, self._neighbour_max_cluster_size,
+            learned=self.neighbor_space_ == "features")
+        # Data-parallel: neighbours within this rank's shard. Learned ones are mined after
+        # the warm start (_mine_feature_neighbours).
+        if self.n_neighbors_ and self.neighbor_space_ == "pixels":
             source.neighbours = pixel_neighbours(source,
                                                  min(self.n_neighbors_, len(source) - 1))
 
@@ -257,6 +267,17 @@ class DeepClusteringBase(
     def _train_spec(self, params: dict[str, Any], n_samples: int,
                     layout: InputLayout) -> TrainSpec:
         raise NotImplementedError
+
+    def _mine_feature_neighbours(self, module: nn.Module, source: ArraySource) -> None:
+        """After the warm start: each sample's ``n_neighbors_`` nearest neighbours in the
+        backbone's features, for the clustering stage (``neighbor_space="features"``)."""
+        if self.neighbor_space_ != "features" or not self.n_neighbors_:
+            return
+        was_training = module.training
+        module.eval()
+        source.neighbours = feature_neighbours(lambda batch: module.backbone(batch)[1],
+                                               source, min(self.n_neighbors_, len(source) - 1))
+        module.train(was_training)
 
     def _with_min_steps(self, spec: TrainSpec, params: dict[str, Any],
                         n_samples: int) -> TrainSpec:

@@ -413,6 +413,13 @@ class or instance, default=None
         quarter of the mean cluster size, at most 20, for grey images and flat features
         with at most 300 images a cluster on average; 0 for colour images and larger
         clusters (see :mod:`skdccm.neighbours`). Paper: 0; default: ``"auto"``.
+    neighbor_space : {"auto", "pixels", "features"}, default="auto"
+        Where the ``n_neighbors`` are mined: ``"pixels"`` (after PCA, once before
+        training) or ``"features"``: the backbone's features after the warm start
+        (``pretrain_epochs``), for the clustering stage, as SCAN mines them. ``"auto"``:
+        ``"features"`` when the fit warm-starts, ``"pixels"`` otherwise. With
+        ``"features"``, ``n_neighbors="auto"`` is a quarter of the mean cluster size (at
+        most 20) for every kind of image.
     augmentation : str or ContrastiveAugmentation, default="auto"
         ``"auto"`` (``"digits"`` for grey images, ``"large"`` for colour images of 64 pixels
         or more, ``"cifar"`` otherwise, ``"features"`` for flat features), ``"cifar"``,
@@ -497,6 +504,8 @@ class or instance, default=None
         The resolved value of every preset-controlled parameter.
     n_neighbors_ : int
         Neighbours mined per image (``n_neighbors`` resolved; 0: none).
+    neighbor_space_ : {"pixels", "features"}
+        Where they were mined (``neighbor_space`` resolved).
 
     See Also
     --------
@@ -555,6 +564,7 @@ class or instance, default=None
         pretrain_epochs: int | None = None,
         freeze_encoder: bool = False,
         n_neighbors: int | str | None = None,
+        neighbor_space: str = "auto",
         min_steps: int | str | None = None,
         augmentation: Any = "auto",
         device: str = "auto",
@@ -596,6 +606,7 @@ class or instance, default=None
         self.pretrain_epochs = pretrain_epochs
         self.freeze_encoder = freeze_encoder
         self.n_neighbors = n_neighbors
+        self.neighbor_space = neighbor_space
         self.min_steps = min_steps
         self.augmentation = augmentation
         self.device = device
@@ -710,6 +721,7 @@ class or instance, default=None
                 return replace(first, objective=objective, history=history)
             if self.freeze_encoder:
                 module.set_backbone_frozen(True)
+            self._mine_feature_neighbours(module, source)
         result = train(module, objective, source, spec, generator, device_generator,
                        callbacks=callbacks, owner=self, collective=collective, budget=budget)
         history += [{**record, "stage": "cluster"} for record in result.history]

@@ -414,6 +414,13 @@ or instance
         image or a neighbour and held to the image's targets. ``"auto"``: a quarter of the
         mean cluster size, at most 20, for grey images and flat features, 0 for colour
         images (see :mod:`skdccm.neighbours`). Paper: 0; default: ``"auto"``.
+    neighbor_space : {"auto", "pixels", "features"}, default="auto"
+        Where the ``n_neighbors`` are mined: ``"pixels"`` (after PCA, once before
+        training) or ``"features"``: the backbone's features after the warm start
+        (``pretrain_epochs``), for the clustering stage, as SCAN mines them. ``"auto"``:
+        ``"features"`` when the fit warm-starts, ``"pixels"`` otherwise. With
+        ``"features"``, ``n_neighbors="auto"`` is a quarter of the mean cluster size (at
+        most 20) for every kind of image.
     ablation : {"M1", "M2", "M3", "M4"}, default=None
         The paper's Table 3: M1 pseudo-graph only, M2 + local robustness, M3 + pseudo-labels,
         M4 + mutual information (the full method, also what None means).
@@ -501,6 +508,8 @@ or instance
         The resolved value of every preset-controlled parameter.
     n_neighbors_ : int
         Neighbours mined per image (``n_neighbors`` resolved; 0: none).
+    neighbor_space_ : {"pixels", "features"}
+        Where they were mined (``neighbor_space`` resolved).
 
     See Also
     --------
@@ -554,6 +563,7 @@ or instance
         n_negatives: int | None = None,
         mi_hidden: int | None = None,
         n_neighbors: int | str | None = None,
+        neighbor_space: str = "auto",
         min_steps: int | str | None = None,
         ablation: str | None = None,
         augmentation: Any = "auto",
@@ -600,6 +610,7 @@ or instance
         self.n_negatives = n_negatives
         self.mi_hidden = mi_hidden
         self.n_neighbors = n_neighbors
+        self.neighbor_space = neighbor_space
         self.min_steps = min_steps
         self.ablation = ablation
         self.augmentation = augmentation
@@ -705,6 +716,7 @@ or instance
         if warm.interrupted:
             self.init_losses_, self.best_init_ = np.array([]), 0
             return replace(warm, objective=objective, history=history)
+        self._mine_feature_neighbours(module, source)
         # Later initialisations (n_init) start from this backbone, not from random weights.
         backbone = ({key: value.clone() for key, value in module.backbone.state_dict().items()}
                     if self.n_init > 1 else None)

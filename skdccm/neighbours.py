@@ -15,9 +15,11 @@ The functions are pure: they read a batch source and return index tensors.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .data import ArraySource
@@ -31,7 +33,7 @@ MAX_NEIGHBOURS = 20
 
 
 def auto_neighbour_count(n_samples: int, n_clusters: int, sample_shape: tuple[int, ...],
-                         max_cluster_size: int | None = None) -> int:
+                         max_cluster_size: int | None = None, learned: bool = False) -> int:
     """Neighbours per image for ``n_neighbors="auto"``: a quarter of the mean cluster size
     (at most 20, at least 1) for grey images and flat features, none for colour images.
 
@@ -46,6 +48,10 @@ def auto_neighbour_count(n_samples: int, n_clusters: int, sample_shape: tuple[in
     wrong neighbours only add noise (CRLC lost 0.03-0.04 of mean ACC on USPS and MNIST 5k
     with 20 neighbours, 3 seeds; BENCHMARKS.md).
 
+    ``learned``: the neighbours come from a warm-started network's features
+    (``neighbor_space="features"``), which know more than the pixels: a quarter of the mean
+    cluster size (at most 20) for every kind of sample and cluster size, as SCAN mines 20.
+
     Examples
     --------
     >>> from skdccm.neighbours import auto_neighbour_count
@@ -55,25 +61,55 @@ def auto_neighbour_count(n_samples: int, n_clusters: int, sample_shape: tuple[in
     0
     >>> auto_neighbour_count(5000, 10, (1, 28, 28), max_cluster_size=300)
     0
+    >>> auto_neighbour_count(5000, 10, (3, 32, 32), max_cluster_size=300, learned=True)
+    20
     """
+    count = int(min(MAX_NEIGHBOURS, max(1, n_samples // (4 * max(n_clusters, 1)))))
+    if learned:
+        return count
     if len(sample_shape) == 3 and sample_shape[0] != 1:
         return 0
     if max_cluster_size is not None and n_samples > max_cluster_size * max(n_clusters, 1):
         return 0
-    return int(min(MAX_NEIGHBOURS, max(1, n_samples // (4 * max(n_clusters, 1)))))
+    return count
 
 
 def resolve_neighbour_count(spec: Any, n_samples: int, n_clusters: int,
                             sample_shape: tuple[int, ...], owner: str,
-                            max_cluster_size: int | None = None) -> int:
+                            max_cluster_size: int | None = None, learned: bool = False) -> int:
     """The ``n_neighbors`` parameter as a count, validated (``"auto"`` resolved)."""
     if isinstance(spec, str) and spec == "auto":
-        count = auto_neighbour_count(n_samples, n_clusters, sample_shape, max_cluster_size)
+        count = auto_neighbour_count(n_samples, n_clusters, sample_shape, max_cluster_size,
+                                     learned)
     elif isinstance(spec, numbers.Integral) and not isinstance(spec, bool) and spec >= 0:
         count = int(spec)
     else:
         raise ValueError(f"{owner}: n_neighbors={spec!r} must be 'auto' or an int >= 0")
     return min(count, n_samples - 1)
+
+
+def resolve_neighbour_space(spec: Any, pretrain_epochs: int, owner: str) -> str:
+    """The ``neighbor_space`` parameter: ``"pixels"`` or ``"features"``.
+
+    ``"auto"``: the warm-started network's features when the fit warm-starts
+    (``pretrain_epochs > 0``), the pixels otherwise. ``"features"`` needs a warm start.
+
+    Examples
+    --------
+    >>> from skdccm.neighbours import resolve_neighbour_space
+    >>> resolve_neighbour_space("auto", 0, "X"), resolve_neighbour_space("auto", 20, "X")
+    ('pixels', 'features')
+    """
+    if spec == "auto":
+        return "features" if pretrain_epochs > 0 else "pixels"
+    if spec == "features" and pretrain_epochs == 0:
+        raise ValueError(f"{owner}: neighbor_space='features' mines neighbours in the "
+                         "warm-started network's features and needs pretrain_epochs > 0; "
+                         "set pretrain_epochs or use neighbor_space='pixels'")
+    if spec not in ("pixels", "features"):
+        raise ValueError(f"{owner}: neighbor_space={spec!r}; choose 'auto', 'pixels' or "
+                         "'features'")
+    return spec
 
 
 def principal_components(features: Tensor, n_components: int) -> Tensor:
@@ -140,3 +176,33 @@ def pixel_neighbours(source: ArraySource, k: int, n_components: int = N_COMPONEN
     """
     flat = torch.cat([batch.flatten(1) for batch in source.batches(batch_size)])  # (n, d)
     return nearest_neighbours(principal_components(flat, n_components), k)
+
+
+def feature_neighbours(embed: Callable[[Tensor], Tensor], source: ArraySource, k: int,
+                       batch_size: int = 1024) -> Tensor:
+    """:func:`nearest_neighbours` of the training samples in a learned feature space.
+
+    SCAN's mining step: after a contrastive warm start, an image's nearest neighbours in the
+    network's features show its class far more often than its nearest pixels do on colour
+    photographs. Features are L2-normalised first (the contrastive loss compares
+    directions), so the Euclidean order is the cosine order.
+
+    Parameters
+    ----------
+    embed : callable
+        Maps a batch of samples to ``(b, d)`` features; called without gradient.
+    source : ArraySource
+        The training samples.
+    k : int
+        Neighbours per sample.
+    batch_size : int, default=1024
+        Samples embedded at once.
+
+    Returns
+    -------
+    Tensor of shape (n, k + 1), int64, on ``source.device``
+    """
+    with torch.no_grad():
+        features = torch.cat([F.normalize(embed(batch).float(), dim=1)
+                              for batch in source.batches(batch_size)])   # (n, d)
+    return nearest_neighbours(features, k)

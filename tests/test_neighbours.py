@@ -9,10 +9,12 @@ from skdccm import CRLCClustering, DCCMClustering
 from skdccm.data import ArraySource, infer_layout
 from skdccm.neighbours import (
     auto_neighbour_count,
+    feature_neighbours,
     nearest_neighbours,
     pixel_neighbours,
     principal_components,
     resolve_neighbour_count,
+    resolve_neighbour_space,
 )
 
 
@@ -155,3 +157,88 @@ def test_auto_min_steps_scale_with_the_number_of_clusters(cls):
     # The paper presets train epochs only.
     paper = cls(n_clusters=40, preset="paper")
     assert paper._with_min_steps(spec, cls._presets["paper"], 400).max_epochs == 5
+
+
+# ----------------------------------------------------------------------------------------
+# neighbours in the warm-started features (neighbor_space="features")
+# ----------------------------------------------------------------------------------------
+
+
+def test_feature_neighbours_are_the_cosine_nearest():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 6)).astype(np.float32)
+    layout = infer_layout(X.shape, X.dtype, image_shape=None, channels=None, owner="test")
+    source = ArraySource(X, layout, torch.device("cpu"))
+    scale = torch.tensor(rng.uniform(0.1, 10.0, size=(50, 1)), dtype=torch.float32)
+    # Rows scaled by arbitrary positive factors: the cosine order ignores the lengths.
+    calls = []
+
+    def embed(batch):
+        calls.append(len(batch))
+        return batch * scale
+
+    got = feature_neighbours(embed, source, 4, batch_size=50)
+    unit = X / np.linalg.norm(X, axis=1, keepdims=True)
+    cosine = unit.astype(np.float64) @ unit.T.astype(np.float64)
+    np.fill_diagonal(cosine, -np.inf)
+    want = np.argsort(-cosine, axis=1, kind="stable")[:, :4]
+    np.testing.assert_array_equal(got[:, 0].numpy(), np.arange(50))
+    np.testing.assert_array_equal(got[:, 1:].numpy(), want)
+    assert calls == [50]
+
+
+def test_neighbour_space_resolution():
+    assert resolve_neighbour_space("auto", 0, "X") == "pixels"
+    assert resolve_neighbour_space("auto", 3, "X") == "features"
+    assert resolve_neighbour_space("pixels", 3, "X") == "pixels"
+    with pytest.raises(ValueError, match="needs pretrain_epochs > 0"):
+        resolve_neighbour_space("features", 0, "X")
+    with pytest.raises(ValueError, match="'auto', 'pixels' or 'features'"):
+        resolve_neighbour_space("latent", 3, "X")
+    # Learned neighbours for colour images too, and for large clusters.
+    assert auto_neighbour_count(5000, 10, (3, 32, 32), learned=True) == 20
+    assert resolve_neighbour_count("auto", 5000, 10, (3, 32, 32), "X", max_cluster_size=300,
+                                   learned=True) == 20
+
+
+@pytest.mark.parametrize("cls", [DCCMClustering, CRLCClustering])
+def test_bad_neighbour_space_is_refused_before_the_data_is_read(cls):
+    with pytest.raises(ValueError, match="neighbor_space='features'"):
+        cls(n_clusters=2, neighbor_space="features").fit(np.full((4, 4, 4), np.nan))
+
+
+@pytest.mark.parametrize("cls", [DCCMClustering, CRLCClustering])
+def test_warm_started_fit_mines_neighbours_in_its_features(cls, monkeypatch):
+    """Mined once, after the warm start, from the network in eval mode; the clustering
+    stage's partners come from that table, the warm start's from none."""
+    import skdccm.base as base
+    import skdccm.training as training
+
+    events = []
+    real_mine = base.feature_neighbours
+
+    def mine(embed, source, k, batch_size=1024):
+        events.append(("mine", k))
+        return real_mine(embed, source, k, batch_size)
+
+    real_draw = training._draw_partners
+
+    def draw(data, rows, generator):
+        events.append(("draw", data.neighbours is not None))
+        return real_draw(data, rows, generator)
+
+    monkeypatch.setattr(base, "feature_neighbours", mine)
+    monkeypatch.setattr(training, "_draw_partners", draw)
+    X = load_digits().images[:120]
+    est = cls(n_clusters=3, pretrain_epochs=1, max_iter=1, batch_size=40, n_neighbors=4,
+              random_state=0).fit(X)
+    assert est.neighbor_space_ == "features" and est.n_neighbors_ == 4
+    first_mine = events.index(("mine", 4))
+    assert events.count(("mine", 4)) == 1
+    assert set(events[:first_mine]) == {("draw", False)}     # warm start: no partners
+    assert set(events[first_mine + 1:]) == {("draw", True)}  # clustering: from the table
+    # With neighbor_space="pixels" the pixels' table serves both stages.
+    events.clear()
+    est = cls(n_clusters=3, pretrain_epochs=1, max_iter=1, batch_size=40, n_neighbors=4,
+              neighbor_space="pixels", random_state=0).fit(X)
+    assert est.neighbor_space_ == "pixels" and set(events) == {("draw", True)}
