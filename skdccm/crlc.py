@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .augment import ContrastiveAugmentation, contrastive_view, resolve_contrastive
-from .base import DeepClusteringBase, _as_list
+from .base import DeepClusteringBase, _as_list, check_pretrain_epochs
 from .budget import StageShare, TimeBudget
 from .data import ArraySource, InputLayout, shuffled_batches
 from .distributed import SINGLE_PROCESS, Collective
@@ -393,9 +393,10 @@ class or instance, default=None
         Weight of each side's quadratic logit penalty (paper: 0.01).
     smoothing : float, default=None
         ``p~ = (1 - smoothing) p + smoothing / K`` in the PC loss (paper: 0.01).
-    pretrain_epochs : int, default=None
+    pretrain_epochs : int or "auto", default=None
         Two-stage variant: epochs of FC-only training (instance-contrastive pre-training)
-        before the ``max_iter`` epochs of the full loss. 0 (both presets) trains in one stage.
+        before the ``max_iter`` epochs of the full loss. 0 (both presets) trains in one stage;
+        ``"auto"``: 40% of the clustering stage's epochs.
         On MNIST 5k (2 CPU cores, seeds 0 to 2), ``pretrain_epochs=30, max_iter=60`` gave
         ACC 0.952 in about 200 s per fit, against 0.927 in about 100 s with the default.
     freeze_encoder : bool, default=False
@@ -502,6 +503,8 @@ class or instance, default=None
         Device used for training (and for prediction where available).
     preset_params_ : dict
         The resolved value of every preset-controlled parameter.
+    pretrain_epochs_ : int
+        Warm-start epochs planned (``pretrain_epochs`` resolved; 0: none).
     n_neighbors_ : int
         Neighbours mined per image (``n_neighbors`` resolved; 0: none).
     neighbor_space_ : {"pixels", "features"}
@@ -561,7 +564,7 @@ class or instance, default=None
         logit_bound: float | None = None,
         logit_weight: float | None = None,
         smoothing: float | None = None,
-        pretrain_epochs: int | None = None,
+        pretrain_epochs: int | str | None = None,
         freeze_encoder: bool = False,
         n_neighbors: int | str | None = None,
         neighbor_space: str = "auto",
@@ -640,9 +643,7 @@ class or instance, default=None
         for key in ("n_heads", "hidden_dim"):
             if not _is_int(params[key]) or params[key] < 1:
                 raise ValueError(f"{name}: {key}={params[key]!r} must be a positive int")
-        if not _is_int(params["pretrain_epochs"]) or params["pretrain_epochs"] < 0:
-            raise ValueError(f"{name}: pretrain_epochs={params['pretrain_epochs']!r} must be "
-                             "an int >= 0")
+        check_pretrain_epochs(params["pretrain_epochs"], name)
         if not isinstance(self.freeze_encoder, bool | np.bool_):
             raise ValueError(f"{name}: freeze_encoder={self.freeze_encoder!r} must be True or "
                              "False")

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .augment import AffineAugmentation, dccm_view, resolve_affine, resolve_contrastive
-from .base import DeepClusteringBase, _as_list
+from .base import DeepClusteringBase, _as_list, check_pretrain_epochs
 from .budget import StageShare, TimeBudget, TrialShare
 from .data import ArraySource, InputLayout
 from .distributed import SINGLE_PROCESS, Collective
@@ -356,12 +356,13 @@ or instance
     init_iter : int, default=None
         Epochs of each initialisation before the choice; None (or ``max_iter`` or more):
         whole runs.
-    pretrain_epochs : int, default=None
+    pretrain_epochs : int or "auto", default=None
         Epochs of a contrastive warm start before DCCM's own loss: the backbone and a
         projection head of its own (dropped afterwards) learn with NT-Xent which images are
         views of the same image (two views as CRLC draws them, :mod:`skdccm.pretraining`),
         so that the first pseudo-graph groups look-alikes. With ``n_init > 1`` every
-        initialisation starts from the one warm-started backbone. Paper: 0; default: 0.
+        initialisation starts from the one warm-started backbone. ``"auto"``: 40% of the
+        clustering stage's epochs (10 before 25). Paper: 0; default: 0.
     batch_size : int, default=None
         Minibatch size of the gradient steps. Paper: 32; default: 128.
     target_batch_size : int, default=None
@@ -506,6 +507,8 @@ or instance
         Device used for training (and for prediction where available).
     preset_params_ : dict
         The resolved value of every preset-controlled parameter.
+    pretrain_epochs_ : int
+        Warm-start epochs planned (``pretrain_epochs`` resolved; 0: none).
     n_neighbors_ : int
         Neighbours mined per image (``n_neighbors`` resolved; 0: none).
     neighbor_space_ : {"pixels", "features"}
@@ -543,7 +546,7 @@ or instance
         max_iter: int | None = None,
         n_init: int = 1,
         init_iter: int | None = None,
-        pretrain_epochs: int | None = None,
+        pretrain_epochs: int | str | None = None,
         batch_size: int | None = None,
         target_batch_size: int | None = None,
         passes_per_target: int | None = None,
@@ -648,9 +651,7 @@ or instance
                 raise ValueError(f"{name}: {key}={params[key]!r} must be >= 0")
         sizes = {key: params[key] for key in ("target_batch_size", "passes_per_target",
                                               "draws_per_batch", "n_negatives", "mi_hidden")}
-        pretrain = params["pretrain_epochs"]
-        if not isinstance(pretrain, numbers.Integral) or isinstance(pretrain, bool) or pretrain < 0:
-            raise ValueError(f"{name}: pretrain_epochs={pretrain!r} must be an int >= 0")
+        check_pretrain_epochs(params["pretrain_epochs"], name)
         sizes["n_init"] = self.n_init
         if self.init_iter is not None:
             sizes["init_iter"] = self.init_iter

@@ -88,21 +88,21 @@ def resolve_neighbour_count(spec: Any, n_samples: int, n_clusters: int,
     return min(count, n_samples - 1)
 
 
-def resolve_neighbour_space(spec: Any, pretrain_epochs: int, owner: str) -> str:
+def resolve_neighbour_space(spec: Any, warm_start: bool, owner: str) -> str:
     """The ``neighbor_space`` parameter: ``"pixels"`` or ``"features"``.
 
     ``"auto"``: the warm-started network's features when the fit warm-starts
-    (``pretrain_epochs > 0``), the pixels otherwise. ``"features"`` needs a warm start.
+    (``pretrain_epochs`` not 0), the pixels otherwise. ``"features"`` needs a warm start.
 
     Examples
     --------
     >>> from skdccm.neighbours import resolve_neighbour_space
-    >>> resolve_neighbour_space("auto", 0, "X"), resolve_neighbour_space("auto", 20, "X")
+    >>> resolve_neighbour_space("auto", False, "X"), resolve_neighbour_space("auto", True, "X")
     ('pixels', 'features')
     """
     if spec == "auto":
-        return "features" if pretrain_epochs > 0 else "pixels"
-    if spec == "features" and pretrain_epochs == 0:
+        return "features" if warm_start else "pixels"
+    if spec == "features" and not warm_start:
         raise ValueError(f"{owner}: neighbor_space='features' mines neighbours in the "
                          "warm-started network's features and needs pretrain_epochs > 0; "
                          "set pretrain_epochs or use neighbor_space='pixels'")

@@ -364,7 +364,7 @@ def test_flat_features_cluster_blobs():
     ("temperature", 0.0, "temperature=0.0 must be > 0"),
     ("entropy_weight", -1.0, "entropy_weight=-1.0 must be >= 0"),
     ("smoothing", 1.0, r"smoothing=1.0 must be in \[0, 1\)"),
-    ("pretrain_epochs", -1, "pretrain_epochs=-1 must be an int >= 0"),
+    ("pretrain_epochs", -1, "pretrain_epochs=-1 must be .auto. or an int >= 0"),
     ("preset", "fast", "unknown preset 'fast'"),
 ])
 def test_invalid_parameters_name_the_class_and_value(digits, param, value, match):

@@ -188,13 +188,13 @@ def test_feature_neighbours_are_the_cosine_nearest():
 
 
 def test_neighbour_space_resolution():
-    assert resolve_neighbour_space("auto", 0, "X") == "pixels"
-    assert resolve_neighbour_space("auto", 3, "X") == "features"
-    assert resolve_neighbour_space("pixels", 3, "X") == "pixels"
+    assert resolve_neighbour_space("auto", False, "X") == "pixels"
+    assert resolve_neighbour_space("auto", True, "X") == "features"
+    assert resolve_neighbour_space("pixels", True, "X") == "pixels"
     with pytest.raises(ValueError, match="needs pretrain_epochs > 0"):
-        resolve_neighbour_space("features", 0, "X")
+        resolve_neighbour_space("features", False, "X")
     with pytest.raises(ValueError, match="'auto', 'pixels' or 'features'"):
-        resolve_neighbour_space("latent", 3, "X")
+        resolve_neighbour_space("latent", True, "X")
     # Learned neighbours for colour images too, and for large clusters.
     assert auto_neighbour_count(5000, 10, (3, 32, 32), learned=True) == 20
     assert resolve_neighbour_count("auto", 5000, 10, (3, 32, 32), "X", max_cluster_size=300,

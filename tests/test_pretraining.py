@@ -8,7 +8,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from skdccm import DCCMClustering, dccm
+from skdccm import CRLCClustering, DCCMClustering, dccm
 from skdccm.pretraining import PROJECTION_DIM, ContrastiveWarmStart
 
 TINY = {"n_clusters": 10, "max_iter": 1, "batch_size": 50, "target_batch_size": 100,
@@ -129,6 +129,15 @@ def test_later_initialisations_start_from_the_warm_backbone(X, monkeypatch):
     assert torch.equal(starts[1], ends[0])          # trial 0 goes on from the warm start
     assert torch.equal(starts[2], ends[0])          # so does trial 1, with its own seed
     assert not torch.equal(starts[0], ends[0])      # (the warm start did move the weights)
+
+
+@pytest.mark.parametrize("cls", [DCCMClustering, CRLCClustering])
+def test_auto_warm_start_is_a_share_of_the_clustering_epochs(X, cls):
+    est = cls(n_clusters=10, max_iter=5, batch_size=100, pretrain_epochs="auto",
+              random_state=0).fit(X)
+    assert est.pretrain_epochs_ == 2                       # 40% of 5
+    assert [r["stage"] for r in est.history_] == ["pretrain"] * 2 + ["cluster"] * 5
+    assert cls(n_clusters=10, max_iter=5, random_state=0).fit(X).pretrain_epochs_ == 0
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "10"])
