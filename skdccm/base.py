@@ -39,6 +39,7 @@ from .data import (
 )
 from .distributed import SINGLE_PROCESS, Collective, resolve_strategy
 from .neighbours import (
+    check_neighbour_space,
     feature_neighbours,
     pixel_neighbours,
     resolve_neighbour_count,
@@ -140,8 +141,8 @@ class DeepClusteringBase(
         # max_time covers the whole fit, from here.
         budget = TimeBudget(_check_max_time(self.max_time, type(self).__name__))
         params = self._resolved_params()
-        space = resolve_neighbour_space(self.neighbor_space, params["pretrain_epochs"] != 0,
-                                        type(self).__name__)
+        check_neighbour_space(self.neighbor_space, params["pretrain_epochs"] != 0,
+                              type(self).__name__)
         X, layout = self._validate_input(X, reset=True)
         n_samples = X.shape[0]
         if n_samples < self.n_clusters:
@@ -162,7 +163,8 @@ class DeepClusteringBase(
         layout = _with_range(layout, (-bounds[0], bounds[1]))
         source.layout = layout
 
-        self.neighbor_space_ = space
+        self.neighbor_space_ = resolve_neighbour_space(
+            self.neighbor_space, params["pretrain_epochs"] != 0, layout.sample_shape)
         self.n_neighbors_ = resolve_neighbour_count(
             params["n_neighbors"], n_samples, self.n_clusters, layout.sample_shape,
             type(self).__name__, self._neighbour_max_cluster_size,

@@ -418,7 +418,8 @@ class or instance, default=None
         Where the ``n_neighbors`` are mined: ``"pixels"`` (after PCA, once before
         training) or ``"features"``: the backbone's features after the warm start
         (``pretrain_epochs``), for the clustering stage, as SCAN mines them. ``"auto"``:
-        ``"features"`` when the fit warm-starts, ``"pixels"`` otherwise. With
+        ``"features"`` for colour images when the fit warm-starts, ``"pixels"`` otherwise
+        (a grey image's nearest pixels show its class far more often). With
         ``"features"``, ``n_neighbors="auto"`` is a quarter of the mean cluster size (at
         most 20) for every kind of image.
     augmentation : str or ContrastiveAugmentation, default="auto"

@@ -9,6 +9,7 @@ from skdccm import CRLCClustering, DCCMClustering
 from skdccm.data import ArraySource, infer_layout
 from skdccm.neighbours import (
     auto_neighbour_count,
+    check_neighbour_space,
     feature_neighbours,
     nearest_neighbours,
     pixel_neighbours,
@@ -188,13 +189,17 @@ def test_feature_neighbours_are_the_cosine_nearest():
 
 
 def test_neighbour_space_resolution():
-    assert resolve_neighbour_space("auto", False, "X") == "pixels"
-    assert resolve_neighbour_space("auto", True, "X") == "features"
-    assert resolve_neighbour_space("pixels", True, "X") == "pixels"
+    colour, grey = (3, 8, 8), (1, 8, 8)
+    assert resolve_neighbour_space("auto", False, colour) == "pixels"
+    assert resolve_neighbour_space("auto", True, colour) == "features"
+    assert resolve_neighbour_space("auto", True, grey) == "pixels"
+    assert resolve_neighbour_space("auto", True, (64,)) == "pixels"
+    assert resolve_neighbour_space("features", True, grey) == "features"
+    check_neighbour_space("features", True, "X")
     with pytest.raises(ValueError, match="needs pretrain_epochs > 0"):
-        resolve_neighbour_space("features", False, "X")
+        check_neighbour_space("features", False, "X")
     with pytest.raises(ValueError, match="'auto', 'pixels' or 'features'"):
-        resolve_neighbour_space("latent", True, "X")
+        check_neighbour_space("latent", True, "X")
     # Learned neighbours for colour images too, and for large clusters.
     assert auto_neighbour_count(5000, 10, (3, 32, 32), learned=True) == 20
     assert resolve_neighbour_count("auto", 5000, 10, (3, 32, 32), "X", max_cluster_size=300,
@@ -231,7 +236,7 @@ def test_warm_started_fit_mines_neighbours_in_its_features(cls, monkeypatch):
     monkeypatch.setattr(training, "_draw_partners", draw)
     X = load_digits().images[:120]
     est = cls(n_clusters=3, pretrain_epochs=1, max_iter=1, batch_size=40, n_neighbors=4,
-              random_state=0).fit(X)
+              neighbor_space="features", random_state=0).fit(X)
     assert est.neighbor_space_ == "features" and est.n_neighbors_ == 4
     first_mine = events.index(("mine", 4))
     assert events.count(("mine", 4)) == 1
@@ -242,3 +247,18 @@ def test_warm_started_fit_mines_neighbours_in_its_features(cls, monkeypatch):
     est = cls(n_clusters=3, pretrain_epochs=1, max_iter=1, batch_size=40, n_neighbors=4,
               neighbor_space="pixels", random_state=0).fit(X)
     assert est.neighbor_space_ == "pixels" and set(events) == {("draw", True)}
+
+
+@pytest.mark.parametrize("cls", [DCCMClustering, CRLCClustering])
+def test_auto_space_is_features_for_warm_started_colour_images_only(cls):
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, size=(60, 8, 8, 3), dtype=np.uint8)
+    grey = load_digits().images[:60]
+    fitted = {name: cls(n_clusters=3, pretrain_epochs=pre, max_iter=1, random_state=0).fit(X)
+              for name, X, pre in [("colour", colour, 1), ("grey", grey, 1),
+                                   ("colour, no warm start", colour, 0)]}
+    assert fitted["colour"].neighbor_space_ == "features"
+    assert fitted["colour"].n_neighbors_ == 5                    # 60 / (4 * 3)
+    assert fitted["grey"].neighbor_space_ == "pixels"
+    assert fitted["colour, no warm start"].neighbor_space_ == "pixels"
+    assert fitted["colour, no warm start"].n_neighbors_ == 0     # colour pixels: none
