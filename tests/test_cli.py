@@ -708,3 +708,20 @@ def test_epoch_progress_follows_the_loops_longer_plan():
     for _ in range(2):
         watcher(None, {"seconds": 1.0, "planned_epochs": 100})
     assert recorder.totals == [100, 100]
+
+
+@pytest.mark.parametrize("pretrain, warm", [(0, 0), (3, 3), ("auto", 10)])
+def test_planned_epochs_count_the_warm_start(pretrain, warm):
+    from skdccm.harness import planned_epochs
+
+    est = skdccm.DCCMClustering(n_clusters=3, pretrain_epochs=pretrain)
+    assert planned_epochs(est) == 25 + warm            # the default preset's 25 epochs
+
+
+def test_benchmark_takes_an_auto_warm_start(tmp_path, capsys):
+    out = tmp_path / "b"
+    assert cli.main(["benchmark", "--dataset", "digits", "--methods", "dccm", "--seeds", "1",
+                     "--n-samples", "60", "--max-iter", "2", "--param", "pretrain_epochs=auto",
+                     "--no-plots", "--out", str(out)]) == 0
+    rows = read_csv(out / "results.csv")
+    assert [r["status"] for r in rows if r["method"] == "dccm"] == ["ok"]
