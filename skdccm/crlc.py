@@ -396,7 +396,9 @@ class or instance, default=None
     pretrain_epochs : int or "auto", default=None
         Two-stage variant: epochs of FC-only training (instance-contrastive pre-training)
         before the ``max_iter`` epochs of the full loss. 0 (both presets) trains in one stage;
-        ``"auto"``: 40% of the clustering stage's epochs.
+        ``"auto"``: 40% of the clustering stage's epochs for colour images, none for grey
+        ones (CIFAR-10 subset, 5 minutes, seed 0: ACC 0.280 without, 0.281 with, so the
+        default preset keeps 0: CRLC's FC loss already trains the same way).
         On MNIST 5k (2 CPU cores, seeds 0 to 2), ``pretrain_epochs=30, max_iter=60`` gave
         ACC 0.952 in about 200 s per fit, against 0.927 in about 100 s with the default.
     freeze_encoder : bool, default=False

@@ -289,8 +289,6 @@ def fit_watched(estimator, data, progress: Progress, label: str):
 def planned_epochs(estimator) -> int | None:
     """Epochs a deep estimator's fit runs unless stopped early (pre-training and every
     initialisation included), from its resolved parameters; None when unknown."""
-    from .base import resolve_pretrain_epochs  # here: the harness imports no torch itself
-
     try:
         params = estimator._resolved_params()
     except Exception:  # fit reports invalid parameters; the ETA just goes without a total
@@ -299,8 +297,10 @@ def planned_epochs(estimator) -> int | None:
     if not isinstance(max_iter, int):
         return None
     trials = (int(params.get("n_init") or 1) - 1) * int(params.get("init_iter") or max_iter)
-    return max_iter + resolve_pretrain_epochs(params.get("pretrain_epochs") or 0,
-                                              max_iter) + trials
+    # The warm start's length ("auto": it depends on the images) is known once fit began,
+    # which is when the progress callback asks.
+    pretrain = getattr(estimator, "pretrain_epochs_", params.get("pretrain_epochs"))
+    return max_iter + (pretrain if isinstance(pretrain, int) else 0) + trials
 
 
 def _uses_cuda(estimator) -> bool:

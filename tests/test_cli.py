@@ -710,12 +710,23 @@ def test_epoch_progress_follows_the_loops_longer_plan():
     assert recorder.totals == [100, 100]
 
 
-@pytest.mark.parametrize("pretrain, warm", [(0, 0), (3, 3), ("auto", 10)])
+@pytest.mark.parametrize("pretrain, warm", [(0, 0), (3, 3)])
 def test_planned_epochs_count_the_warm_start(pretrain, warm):
     from skdccm.harness import planned_epochs
 
     est = skdccm.DCCMClustering(n_clusters=3, pretrain_epochs=pretrain)
     assert planned_epochs(est) == 25 + warm            # the default preset's 25 epochs
+
+
+def test_planned_epochs_read_the_resolved_auto_warm_start():
+    from skdccm.harness import planned_epochs
+
+    seen = []
+    colour = np.random.default_rng(0).integers(0, 256, size=(40, 8, 8, 3), dtype=np.uint8)
+    est = skdccm.DCCMClustering(n_clusters=3, max_iter=5, pretrain_epochs="auto",
+                                callbacks=lambda e, record: seen.append(planned_epochs(e)))
+    est.fit(colour)
+    assert est.pretrain_epochs_ == 2 and set(seen) == {5 + 2}
 
 
 def test_benchmark_takes_an_auto_warm_start(tmp_path, capsys):

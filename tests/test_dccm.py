@@ -322,8 +322,8 @@ def test_flat_features_use_the_mlp_without_augmentation(make_dccm, X, count_view
     ("default", (28, 28), SmallCNN),          # grey, 16 pixels or more: the small CNN
     ("default", (1, 16, 16), SmallCNN),
     ("default", (15, 15), ShallowAlexNet),    # smaller grey images keep the paper's network
-    ("default", (24, 24, 3), ShallowAlexNet),  # so do colour images
-    ("paper", (28, 28), ShallowAlexNet),      # and the paper and code presets
+    ("default", (24, 24, 3), SmallCNN),       # colour images get the small CNN too
+    ("paper", (28, 28), ShallowAlexNet),      # the paper and code presets keep their network
     ("code", (28, 28), ShallowAlexNet),
 ])
 def test_auto_backbone_depends_on_preset_and_image(make_dccm, preset, shape, expected):

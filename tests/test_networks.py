@@ -138,13 +138,14 @@ def test_resnet_on_grey_images():
 def test_small_cnn_shapes_and_size(size, shallow_side, channels):
     backbone = build_backbone("small", (channels, size, size))
     assert isinstance(backbone, SmallCNN)
-    # Four 3x3 convolutions without bias (BatchNorm follows) and four BatchNorms.
-    widths = (channels, 16, 32, 64, 128)
+    # Four 3x3 convolutions without bias (BatchNorm follows) and four BatchNorms; colour
+    # images get twice the width.
+    widths = (channels, 16, 32, 64, 128) if channels == 1 else (channels, 32, 64, 128, 256)
     n_params = sum(9 * a * b + 2 * b for a, b in itertools.pairwise(widths))
     assert sum(p.numel() for p in backbone.parameters()) == n_params
     shallow, features = backbone(torch.rand(2, channels, size, size))
-    assert shallow.shape == (2, 16, shallow_side, shallow_side)
-    assert features.shape == (2, 128)
+    assert shallow.shape == (2, widths[1], shallow_side, shallow_side)
+    assert features.shape == (2, widths[-1])
 
 
 def test_mi_discriminator_shape_and_locality():

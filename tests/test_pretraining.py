@@ -132,12 +132,22 @@ def test_later_initialisations_start_from_the_warm_backbone(X, monkeypatch):
 
 
 @pytest.mark.parametrize("cls", [DCCMClustering, CRLCClustering])
-def test_auto_warm_start_is_a_share_of_the_clustering_epochs(X, cls):
-    est = cls(n_clusters=10, max_iter=5, batch_size=100, pretrain_epochs="auto",
-              random_state=0).fit(X)
+def test_auto_warm_start_is_a_share_of_the_clustering_epochs_for_colour_images(X, cls):
+    colour = np.random.default_rng(0).integers(0, 256, size=(100, 8, 8, 3), dtype=np.uint8)
+    est = cls(n_clusters=4, max_iter=5, batch_size=50, pretrain_epochs="auto",
+              random_state=0).fit(colour)
     assert est.pretrain_epochs_ == 2                       # 40% of 5
     assert [r["stage"] for r in est.history_] == ["pretrain"] * 2 + ["cluster"] * 5
-    assert cls(n_clusters=10, max_iter=5, random_state=0).fit(X).pretrain_epochs_ == 0
+    # Grey images: no warm start (it cost MNIST 5k more than it gave the digits).
+    grey = cls(n_clusters=10, max_iter=5, batch_size=100, pretrain_epochs="auto",
+               random_state=0).fit(X)
+    assert grey.pretrain_epochs_ == 0
+    assert all(r.get("stage", "cluster") == "cluster" for r in grey.history_)
+
+
+def test_neighbour_space_features_needs_a_warm_start_that_happens(X):
+    with pytest.raises(ValueError, match="warm-starts colour images only"):
+        DCCMClustering(**TINY, pretrain_epochs="auto", neighbor_space="features").fit(X)
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "10"])
@@ -146,10 +156,12 @@ def test_pretrain_epochs_must_be_a_count(X, bad):
         DCCMClustering(**TINY, pretrain_epochs=bad).fit(X)
 
 
-def test_presets_do_not_warm_start():
-    for preset in ("paper", "code", "default"):
+def test_presets_warm_start_colour_images_in_the_default_preset_only():
+    for preset in ("paper", "code"):
         assert DCCMClustering(n_clusters=3, preset=preset)._resolved_params()[
             "pretrain_epochs"] == 0
+    assert DCCMClustering(n_clusters=3)._resolved_params()["pretrain_epochs"] == "auto"
+    assert CRLCClustering(n_clusters=3)._resolved_params()["pretrain_epochs"] == 0
 
 
 def test_interrupted_warm_start_keeps_a_usable_model(X, monkeypatch):
