@@ -172,6 +172,8 @@ class DeepClusteringBase(
                                     n_samples)
         self.pretrain_epochs_ = resolve_pretrain_epochs(params["pretrain_epochs"],
                                                         spec.max_epochs, layout.sample_shape)
+        # preset_params_ keeps "auto" as given (like n_neighbors); training reads the count.
+        preset_params = params
         params = {**params, "pretrain_epochs": self.pretrain_epochs_}
         warm_start = self.pretrain_epochs_ > 0
         if self.neighbor_space == "features" and not warm_start:
@@ -205,7 +207,7 @@ class DeepClusteringBase(
         self.history_ = result.history
         self.n_iter_ = result.n_epochs
         self.stopped_by_time_ = budget.cut_short
-        self.preset_params_ = params
+        self.preset_params_ = preset_params
         # Number clusters by decreasing size on the training data: labels are then
         # consecutive from 0 even when some clusters end up empty.
         proba, _ = self._infer_array(local, layout, want_embedding=False)

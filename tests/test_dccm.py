@@ -165,7 +165,7 @@ PAPER_VALUES = {
     "weight_decay": 0.0, "alpha": 5.0, "beta": 0.1, "graph_threshold": 0.95,
     "confidence_threshold": 0.9, "pseudo_label_loss": "ce", "original_view_loss": True,
     "balance_weight": 0.0, "bn_batch_stats": True, "n_negatives": 2, "mi_hidden": 512,
-    "n_neighbors": 0, "min_steps": 0,
+    "n_neighbors": 0, "min_steps": 0, "pretrain_epochs": 0,
 }
 
 

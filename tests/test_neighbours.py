@@ -209,7 +209,8 @@ def test_neighbour_space_resolution():
 @pytest.mark.parametrize("cls", [DCCMClustering, CRLCClustering])
 def test_bad_neighbour_space_is_refused_before_the_data_is_read(cls):
     with pytest.raises(ValueError, match="neighbor_space='features'"):
-        cls(n_clusters=2, neighbor_space="features").fit(np.full((4, 4, 4), np.nan))
+        cls(n_clusters=2, pretrain_epochs=0,
+            neighbor_space="features").fit(np.full((4, 4, 4), np.nan))
 
 
 @pytest.mark.parametrize("cls", [DCCMClustering, CRLCClustering])
