@@ -368,7 +368,7 @@ or instance
         clustering stage's epochs (10 before 25) for colour images, none for grey images
         and flat features (CIFAR-10 subset, 5 minutes, seed 0: ACC 0.227 without, 0.290
         with; on grey sets it helped the digits and cost MNIST, see
-        :data:`skdccm.base.PRETRAIN_SHARE`). Paper: 0; default: ``"auto"``.
+        ``skdccm.base.PRETRAIN_SHARE``). Paper: 0; default: ``"auto"``.
     batch_size : int, default=None
         Minibatch size of the gradient steps. Paper: 32; default: 128.
     target_batch_size : int, default=None
