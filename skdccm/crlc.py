@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .augment import ContrastiveAugmentation, contrastive_view, resolve_contrastive
+from .augment import ContrastiveAugmentation, resolve_contrastive
 from .base import DeepClusteringBase, _as_list, check_pretrain_epochs
 from .budget import StageShare, TimeBudget
 from .data import ArraySource, InputLayout, shuffled_batches
@@ -37,6 +37,7 @@ from .networks import (
     init_kaiming_,
     make_backbone,
 )
+from .pretraining import TwoViewObjective
 from .training import StepResult, TrainResult, TrainSpec, train
 
 #: ``min_steps="auto"`` (the default preset): at least this many optimiser steps per cluster
@@ -123,7 +124,7 @@ def resolve_backbone(spec: Any, sample_shape: tuple[int, ...]) -> Any:
     return "conv"
 
 
-class CRLCObjective(nn.Module):
+class CRLCObjective(TwoViewObjective):
     """CRLC's loss on two augmented views of a minibatch.
 
     ``fc_weight * L_FC + mean over sub-heads of (pc_weight * L_PC - entropy_weight * H
@@ -171,17 +172,6 @@ class CRLCObjective(nn.Module):
         # Running PC loss of each sub-head: the one with the lowest gives the labels logged
         # in the history during training (the final choice is made after training).
         self.register_buffer("head_pc_running", torch.full((n_heads,), float("nan")))
-
-    def prepare(self, module: nn.Module, images: Tensor,
-                collective: Collective = SINGLE_PROCESS) -> None:
-        """No per-chunk targets: every step is self-contained."""
-        return None
-
-    def view(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
-        """One augmented view (the images themselves without augmentation)."""
-        if self.augmentation is None:
-            return images
-        return contrastive_view(images, self.augmentation, self.value_range, generator)
 
     def views(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
         """Two independent views stacked view by view: ``(2n, ...)``."""

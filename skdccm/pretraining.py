@@ -27,7 +27,28 @@ from .training import StepResult
 PROJECTION_DIM = 128
 
 
-class ContrastiveWarmStart(nn.Module):
+class TwoViewObjective(nn.Module):
+    """What the objectives trained on contrastive views share (this warm start and
+    :class:`skdccm.crlc.CRLCObjective`): no per-chunk targets, and views drawn by
+    :func:`~skdccm.augment.contrastive_view` from ``augmentation`` within ``value_range``
+    (attributes the subclass sets)."""
+
+    augmentation: ContrastiveAugmentation | None
+    value_range: tuple[float, float]
+
+    def prepare(self, module: nn.Module, images: Tensor,
+                collective: Collective = SINGLE_PROCESS) -> None:
+        """No per-chunk targets: every step is self-contained."""
+        return None
+
+    def view(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
+        """One augmented view (the images themselves without augmentation)."""
+        if self.augmentation is None:
+            return images
+        return contrastive_view(images, self.augmentation, self.value_range, generator)
+
+
+class ContrastiveWarmStart(TwoViewObjective):
     """NT-Xent between two augmented views of each image, on the backbone's features.
 
     The objective of a warm-start stage for :func:`skdccm.training.train`: it reads
@@ -58,17 +79,6 @@ class ContrastiveWarmStart(nn.Module):
         self.temperature = temperature
         self.projection = nn.Sequential(nn.Linear(n_features, n_features), nn.ReLU(inplace=True),
                                         nn.Linear(n_features, PROJECTION_DIM))
-
-    def prepare(self, module: nn.Module, images: Tensor,
-                collective: Collective = SINGLE_PROCESS) -> None:
-        """No targets: every step is self-contained."""
-        return None
-
-    def view(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
-        """One augmented view (the images themselves without augmentation)."""
-        if self.augmentation is None:
-            return images
-        return contrastive_view(images, self.augmentation, self.value_range, generator)
 
     def step(self, module: nn.Module, images: Tensor, targets: None, index: Tensor,
              generator: torch.Generator, collective: Collective = SINGLE_PROCESS,
