@@ -12,6 +12,7 @@ import numbers
 import warnings
 import weakref
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,7 +28,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch import Tensor, nn
 
-from .budget import TimeBudget
+from .budget import StageShare, TimeBudget
 from .data import (
     ArraySource,
     InputLayout,
@@ -314,6 +315,29 @@ class DeepClusteringBase(
     def _train_spec(self, params: dict[str, Any], n_samples: int,
                     layout: InputLayout) -> TrainSpec:
         raise NotImplementedError
+
+    def _warm_start(self, module: nn.Module, objective: nn.Module, source: ArraySource,
+                    spec: TrainSpec, pretrain_epochs: int, generator: torch.Generator,
+                    device_generator: torch.Generator, collective: Collective,
+                    budget: TimeBudget) -> TrainResult:
+        """The warm-start stage both estimators run before clustering: ``pretrain_epochs``
+        of ``objective`` (a contrastive loss), one pass per minibatch and no ``tol``, its
+        checkpoints in a ``pretrain`` folder, and its share of ``max_time`` in proportion to
+        its epochs (``pretrain_epochs / (pretrain_epochs + spec.max_epochs)``). The history
+        records carry ``stage="pretrain"``."""
+        warm_spec = replace(
+            spec, max_epochs=pretrain_epochs, chunk_size=spec.batch_size, passes_per_chunk=1,
+            steps_per_batch=1, tol=0.0,
+            checkpoint_dir=(str(Path(spec.checkpoint_dir) / "pretrain")
+                            if spec.checkpoint_dir else None),
+            fingerprint={**spec.fingerprint, "stage": "pretrain"},
+        )
+        share = StageShare(pretrain_epochs / (pretrain_epochs + spec.max_epochs))
+        result = train(module, objective, source, warm_spec, generator, device_generator,
+                       callbacks=_as_list(self.callbacks), owner=self, collective=collective,
+                       budget=budget, plan=share)
+        return replace(result, history=[{**record, "stage": "pretrain"}
+                                        for record in result.history])
 
     def _mine_feature_neighbours(self, module: nn.Module, source: ArraySource) -> None:
         """After the warm start: each sample's ``n_neighbors_`` nearest neighbours in the

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .augment import ContrastiveAugmentation, resolve_contrastive
 from .base import DeepClusteringBase, _as_list, check_pretrain_epochs
-from .budget import StageShare, TimeBudget
+from .budget import TimeBudget
 from .data import ArraySource, InputLayout, shuffled_batches
 from .distributed import SINGLE_PROCESS, Collective
 from .losses import (
@@ -697,22 +697,13 @@ class or instance, default=None
         history: list[dict[str, Any]] = []
         if params["pretrain_epochs"] > 0:
             pretrain_objective = self._objective(source.layout, params, clustering=False)
-            pretrain_objective.to(source.device)
-            pretrain_spec = replace(
-                spec, max_epochs=params["pretrain_epochs"], tol=0.0,
-                checkpoint_dir=(str(Path(spec.checkpoint_dir) / "pretrain")
-                                if spec.checkpoint_dir else None),
-                fingerprint={**spec.fingerprint, "stage": "pretrain"},
-            )
-            share = StageShare(params["pretrain_epochs"]
-                               / (params["pretrain_epochs"] + spec.max_epochs))
-            first = train(module, pretrain_objective, source, pretrain_spec, generator,
-                          device_generator, callbacks=callbacks, owner=self,
-                          collective=collective, budget=budget, plan=share)
-            history = [{**record, "stage": "pretrain"} for record in first.history]
+            first = self._warm_start(module, pretrain_objective.to(source.device), source,
+                                     spec, params["pretrain_epochs"], generator,
+                                     device_generator, collective, budget)
+            history = list(first.history)
             if first.interrupted:
                 self._select_head(module, objective, source, spec.batch_size, collective)
-                return replace(first, objective=objective, history=history)
+                return replace(first, objective=objective)
             if self.freeze_encoder:
                 module.set_backbone_frozen(True)
             self._mine_feature_neighbours(module, source)

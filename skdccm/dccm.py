@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .augment import AffineAugmentation, dccm_view, resolve_affine, resolve_contrastive
 from .base import DeepClusteringBase, _as_list, check_pretrain_epochs
-from .budget import StageShare, TimeBudget, TrialShare
+from .budget import TimeBudget, TrialShare
 from .data import ArraySource, InputLayout
 from .distributed import SINGLE_PROCESS, Collective
 from .losses import (
@@ -718,12 +718,13 @@ or instance
         if params["pretrain_epochs"] == 0:
             return self._cluster(module, objective, source, spec, params, generator,
                                  device_generator, collective, budget)
-        warm = self._warm_start(module, source, spec, params, generator, device_generator,
-                                collective, budget)
-        history = [{**record, "stage": "pretrain"} for record in warm.history]
+        warm = self._warm_start(module, self._warm_start_objective(module, source, generator),
+                                source, spec, params["pretrain_epochs"], generator,
+                                device_generator, collective, budget)
+        history = list(warm.history)
         if warm.interrupted:
             self.init_losses_, self.best_init_ = np.array([]), 0
-            return replace(warm, objective=objective, history=history)
+            return replace(warm, objective=objective)
         self._mine_feature_neighbours(module, source)
         # Later initialisations (n_init) start from this backbone, not from random weights.
         backbone = ({key: value.clone() for key, value in module.backbone.state_dict().items()}
@@ -733,31 +734,17 @@ or instance
         history += [{**record, "stage": "cluster"} for record in result.history]
         return replace(result, history=history, n_epochs=len(history))
 
-    def _warm_start(self, module: DCCMNetwork, source: ArraySource, spec: TrainSpec,
-                    params: dict[str, Any], generator: torch.Generator,
-                    device_generator: torch.Generator, collective: Collective,
-                    budget: TimeBudget) -> TrainResult:
-        """``pretrain_epochs`` of NT-Xent on the backbone (:mod:`skdccm.pretraining`)."""
+    def _warm_start_objective(self, module: DCCMNetwork, source: ArraySource,
+                              generator: torch.Generator) -> ContrastiveWarmStart:
+        """NT-Xent on the backbone's features (:mod:`skdccm.pretraining`), on the device."""
         # The projection head's initialisation is seeded too (fit's seed, global RNG forked).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(generator.initial_seed())
-            warm_objective = ContrastiveWarmStart(
+            return ContrastiveWarmStart(
                 module.embed[0].in_features,
                 resolve_contrastive("auto", source.layout.sample_shape),
                 source.layout.value_range, WARM_START_TEMPERATURE,
             ).to(source.device)
-        warm_spec = replace(
-            spec, max_epochs=params["pretrain_epochs"], chunk_size=spec.batch_size,
-            passes_per_chunk=1, steps_per_batch=1, tol=0.0,
-            checkpoint_dir=(str(Path(spec.checkpoint_dir) / "pretrain")
-                            if spec.checkpoint_dir else None),
-            fingerprint={**spec.fingerprint, "stage": "pretrain"},
-        )
-        share = StageShare(params["pretrain_epochs"]
-                           / (params["pretrain_epochs"] + spec.max_epochs))
-        return train(module, warm_objective, source, warm_spec, generator, device_generator,
-                     callbacks=_as_list(self.callbacks), owner=self, collective=collective,
-                     budget=budget, plan=share)
 
     def _cluster(self, module: nn.Module, objective: nn.Module, source: ArraySource,
                  spec: TrainSpec, params: dict[str, Any], generator: torch.Generator,

@@ -8,7 +8,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from skdccm import CRLCClustering, DCCMClustering, dccm
+from skdccm import CRLCClustering, DCCMClustering, base, dccm
 from skdccm.pretraining import PROJECTION_DIM, ContrastiveWarmStart
 
 TINY = {"n_clusters": 10, "max_iter": 1, "batch_size": 50, "target_batch_size": 100,
@@ -123,6 +123,7 @@ def test_later_initialisations_start_from_the_warm_backbone(X, monkeypatch):
         return result
 
     monkeypatch.setattr(dccm, "train", spy)
+    monkeypatch.setattr(base, "train", spy)        # the warm-start stage runs from the base
     DCCMClustering(**{**TINY, "max_iter": 2}, pretrain_epochs=1, n_init=2, init_iter=1).fit(X)
     # warm start, trial 0, trial 1, the kept trial going on
     assert len(starts) == 4
