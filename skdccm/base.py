@@ -36,6 +36,7 @@ from .data import (
     check_image_size,
     check_is_batch,
     infer_layout,
+    is_colour,
     value_range,
 )
 from .distributed import SINGLE_PROCESS, Collective, resolve_strategy
@@ -99,8 +100,7 @@ def resolve_pretrain_epochs(value: Any, cluster_epochs: int,
     (0, 3)
     """
     if isinstance(value, str) and value == "auto":
-        colour = len(sample_shape) == 3 and sample_shape[0] != 1
-        return max(1, round(PRETRAIN_SHARE * cluster_epochs)) if colour else 0
+        return max(1, round(PRETRAIN_SHARE * cluster_epochs)) if is_colour(sample_shape) else 0
     return int(value)
 
 
@@ -177,10 +177,7 @@ class DeepClusteringBase(
         preset_params = params
         params = {**params, "pretrain_epochs": self.pretrain_epochs_}
         warm_start = self.pretrain_epochs_ > 0
-        if self.neighbor_space == "features" and not warm_start:
-            raise ValueError(f"{type(self).__name__}: neighbor_space='features' needs a warm "
-                             "start, and pretrain_epochs='auto' warm-starts colour images "
-                             "only; pass pretrain_epochs as an int")
+        check_neighbour_space(self.neighbor_space, warm_start, type(self).__name__)
         self.neighbor_space_ = resolve_neighbour_space(self.neighbor_space, warm_start,
                                                        layout.sample_shape)
         self.n_neighbors_ = resolve_neighbour_count(

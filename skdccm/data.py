@@ -48,6 +48,22 @@ class InputLayout:
         return len(self.sample_shape) == 3
 
 
+def is_colour(sample_shape: tuple[int, ...]) -> bool:
+    """Whether samples of ``sample_shape`` are colour images: ``(C, H, W)`` with C > 1.
+
+    Several defaults follow it (pixel neighbours, the warm start, their space, the width
+    of the small CNN): colour photographs' pixels say less about their class than grey
+    images' strokes do.
+
+    Examples
+    --------
+    >>> from skdccm.data import is_colour
+    >>> is_colour((3, 32, 32)), is_colour((1, 28, 28)), is_colour((64,))
+    (True, False, False)
+    """
+    return len(sample_shape) == 3 and sample_shape[0] != 1
+
+
 def infer_layout(
     shape: tuple[int, ...],
     dtype: np.dtype,

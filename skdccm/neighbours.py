@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import ArraySource
+from .data import ArraySource, is_colour
 
 #: Dimensions kept by the PCA that precedes the neighbour search (pixel noise is spread over
 #: the rest; 50 components raised the nearest-neighbour agreement on MNIST 5k from 0.944 to 0.956).
@@ -67,7 +67,7 @@ def auto_neighbour_count(n_samples: int, n_clusters: int, sample_shape: tuple[in
     count = int(min(MAX_NEIGHBOURS, max(1, n_samples // (4 * max(n_clusters, 1)))))
     if learned:
         return count
-    if len(sample_shape) == 3 and sample_shape[0] != 1:
+    if is_colour(sample_shape):
         return 0
     if max_cluster_size is not None and n_samples > max_cluster_size * max(n_clusters, 1):
         return 0
@@ -90,14 +90,16 @@ def resolve_neighbour_count(spec: Any, n_samples: int, n_clusters: int,
 
 def check_neighbour_space(spec: Any, warm_start: bool, owner: str) -> None:
     """``neighbor_space`` must be ``"auto"``, ``"pixels"`` or ``"features"``, and
-    ``"features"`` needs a warm start (``pretrain_epochs`` not 0)."""
+    ``"features"`` needs a warm start. Checked twice in a fit: before the data is read
+    (``pretrain_epochs`` not 0) and once ``"auto"`` is resolved for the images."""
     if spec not in ("auto", "pixels", "features"):
         raise ValueError(f"{owner}: neighbor_space={spec!r}; choose 'auto', 'pixels' or "
                          "'features'")
     if spec == "features" and not warm_start:
         raise ValueError(f"{owner}: neighbor_space='features' mines neighbours in the "
-                         "warm-started network's features and needs pretrain_epochs > 0; "
-                         "set pretrain_epochs or use neighbor_space='pixels'")
+                         "warm-started network's features and needs pretrain_epochs > 0 "
+                         "(pretrain_epochs='auto' warm-starts colour images only); pass "
+                         "pretrain_epochs as an int or use neighbor_space='pixels'")
 
 
 def resolve_neighbour_space(spec: str, warm_start: bool, sample_shape: tuple[int, ...]) -> str:
@@ -119,8 +121,7 @@ def resolve_neighbour_space(spec: str, warm_start: bool, sample_shape: tuple[int
     """
     if spec != "auto":
         return spec
-    colour = len(sample_shape) == 3 and sample_shape[0] != 1
-    return "features" if warm_start and colour else "pixels"
+    return "features" if warm_start and is_colour(sample_shape) else "pixels"
 
 
 def principal_components(features: Tensor, n_components: int) -> Tensor:

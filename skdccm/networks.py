@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .data import is_colour
+
 
 class DCCMOutput(NamedTuple):
     """What the DCCM network returns for a batch of N samples."""
@@ -303,7 +305,7 @@ def build_backbone(name: str, sample_shape: tuple[int, ...]) -> nn.Module:
     if name == "conv":
         return ShallowAlexNet(sample_shape[0], sample_shape[1:])
     if name == "small":
-        widths = SMALL_CNN_WIDTHS if sample_shape[0] == 1 else SMALL_CNN_COLOUR_WIDTHS
+        widths = SMALL_CNN_COLOUR_WIDTHS if is_colour(sample_shape) else SMALL_CNN_WIDTHS
         return SmallCNN(sample_shape[0], widths)
     if name in RESNET_LAYERS:
         return ResNet(sample_shape[0], RESNET_LAYERS[name])
