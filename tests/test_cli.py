@@ -718,7 +718,7 @@ def test_planned_epochs_count_the_warm_start(pretrain, warm):
     from skdccm.harness import planned_epochs
 
     est = skdccm.DCCMClustering(n_clusters=3, pretrain_epochs=pretrain)
-    assert planned_epochs(est) == 25 + warm            # the default preset's 25 epochs
+    assert planned_epochs(est) == 50 + warm            # the default preset's 50 epochs
 
 
 def test_planned_epochs_read_the_resolved_auto_warm_start():

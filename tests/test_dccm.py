@@ -331,3 +331,23 @@ def test_auto_backbone_depends_on_preset_and_image(make_dccm, preset, shape, exp
     est = make_dccm(preset=preset, **TINY_LOOP).fit(images)
     assert type(est.module_.backbone) is expected
     assert est.transform(images[:3]).shape == (3, 64)
+
+
+
+def test_default_preset_trains_colour_images_for_fewer_epochs():
+    # An epoch of colour images costs about four times a grey one's: the default preset's
+    # 50 epochs become COLOUR_MAX_ITER for them, unless max_iter is given.
+    from skdccm import DCCMClustering
+    from skdccm.data import infer_layout
+
+    colour = np.random.default_rng(0).integers(0, 256, size=(40, 8, 8, 3), dtype=np.uint8)
+    common = {"n_clusters": 2, "batch_size": 20, "target_batch_size": 40, "min_steps": 0,
+              "pretrain_epochs": 0, "random_state": 0}
+    assert PRESETS["default"]["max_iter"] > dccm_module.COLOUR_MAX_ITER
+    assert DCCMClustering(**common).fit(colour).n_iter_ == dccm_module.COLOUR_MAX_ITER
+    assert DCCMClustering(**common, max_iter=2).fit(colour).n_iter_ == 2   # as given
+    grey = colour[..., 0]
+    layout = infer_layout(grey.shape, grey.dtype, image_shape=None, channels=None,
+                          owner="test")
+    spec = DCCMClustering(**common)._train_spec(PRESETS["default"], len(grey), layout)
+    assert spec.max_epochs == PRESETS["default"]["max_iter"]
