@@ -75,8 +75,11 @@ plt.show()
 # Training curves
 # ---------------
 # ``history_`` is a list with one dict per epoch; pulling one key out of every record
-# gives a curve.
-history = est.history_
+# gives a curve. The default warm-starts first (records with ``stage="pretrain"``: the
+# representation head's ``fc`` loss alone, no clusters yet); the curves show the
+# clustering stage that follows.
+print("warm-start epochs:", est.pretrain_epochs_)
+history = [record for record in est.history_ if record.get("stage") != "pretrain"]
 epochs = [record["epoch"] for record in history]
 parts = sorted(history[0]["loss_parts"])
 

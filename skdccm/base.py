@@ -69,12 +69,14 @@ STORED_DTYPES = (np.float32, np.uint8, np.float64)
 MIN_INFER_ROWS = 16
 
 
-#: ``pretrain_epochs="auto"``: colour images warm-start for this share of the clustering
-#: stage's epochs (``max_iter`` after ``min_steps``); grey images and flat features do not.
+#: ``pretrain_epochs="auto"``: a warm start of this share of the clustering stage's epochs
+#: (``max_iter`` after ``min_steps``), for the data the estimator warm-starts
+#: (``_auto_warm_start``: colour images for DCCM, images for CRLC).
 #: DCCM on a 5,000-image CIFAR-10 subset in 5 minutes (seed 0): ACC 0.227 without, 0.290
-#: with a warm start. On grey images it is a draw at best (5 seeds, 10 epochs before 25):
-#: the digits gained (mean 0.873 -> 0.909, worst 0.797 -> 0.864), MNIST 5k lost (0.889 ->
-#: 0.837, worst 0.826 -> 0.788), USPS held (4 seeds, 0.824 -> 0.829).
+#: with a warm start. For DCCM on grey images it is a draw at best (5 seeds, 10 epochs
+#: before 25): the digits gained (mean 0.873 -> 0.909, worst 0.797 -> 0.864), MNIST 5k lost
+#: (0.889 -> 0.837, worst 0.826 -> 0.788), USPS held (4 seeds, 0.824 -> 0.829). CRLC gains
+#: on every grey set of the suite (3 seeds; BENCHMARKS.md).
 PRETRAIN_SHARE = 0.4
 
 
@@ -86,21 +88,21 @@ def check_pretrain_epochs(value: Any, owner: str) -> None:
         raise ValueError(f"{owner}: pretrain_epochs={value!r} must be 'auto' or an int >= 0")
 
 
-def resolve_pretrain_epochs(value: Any, cluster_epochs: int,
-                            sample_shape: tuple[int, ...]) -> int:
+def resolve_pretrain_epochs(value: Any, cluster_epochs: int, auto_warm_start: bool) -> int:
     """``pretrain_epochs`` as a count: ``"auto"`` is ``PRETRAIN_SHARE`` of the clustering
-    stage's epochs (at least 1) for colour images, 0 for grey images and flat features.
+    stage's epochs (at least 1) where the estimator warm-starts such data
+    (``auto_warm_start``), else 0.
 
     Examples
     --------
     >>> from skdccm.base import resolve_pretrain_epochs
-    >>> [resolve_pretrain_epochs("auto", n, (3, 32, 32)) for n in (25, 100)]
+    >>> [resolve_pretrain_epochs("auto", n, True) for n in (25, 100)]
     [10, 40]
-    >>> resolve_pretrain_epochs("auto", 25, (1, 28, 28)), resolve_pretrain_epochs(3, 25, (64,))
+    >>> resolve_pretrain_epochs("auto", 25, False), resolve_pretrain_epochs(3, 25, False)
     (0, 3)
     """
     if isinstance(value, str) and value == "auto":
-        return max(1, round(PRETRAIN_SHARE * cluster_epochs)) if is_colour(sample_shape) else 0
+        return max(1, round(PRETRAIN_SHARE * cluster_epochs)) if auto_warm_start else 0
     return int(value)
 
 
@@ -171,8 +173,8 @@ class DeepClusteringBase(
 
         spec = self._with_min_steps(self._train_spec(params, n_samples, layout), params,
                                     n_samples)
-        self.pretrain_epochs_ = resolve_pretrain_epochs(params["pretrain_epochs"],
-                                                        spec.max_epochs, layout.sample_shape)
+        self.pretrain_epochs_ = resolve_pretrain_epochs(
+            params["pretrain_epochs"], spec.max_epochs, self._auto_warm_start(layout.sample_shape))
         # preset_params_ keeps "auto" as given (like n_neighbors); training reads the count.
         preset_params = params
         params = {**params, "pretrain_epochs": self.pretrain_epochs_}
@@ -312,6 +314,11 @@ class DeepClusteringBase(
     def _train_spec(self, params: dict[str, Any], n_samples: int,
                     layout: InputLayout) -> TrainSpec:
         raise NotImplementedError
+
+    def _auto_warm_start(self, sample_shape: tuple[int, ...]) -> bool:
+        """Whether ``pretrain_epochs="auto"`` warm-starts samples of ``sample_shape``:
+        colour images (DCCM on grey images: see ``PRETRAIN_SHARE``)."""
+        return is_colour(sample_shape)
 
     def _warm_start(self, module: nn.Module, objective: nn.Module, source: ArraySource,
                     spec: TrainSpec, pretrain_epochs: int, generator: torch.Generator,

@@ -97,8 +97,9 @@ def check_neighbour_space(spec: Any, warm_start: bool, owner: str) -> None:
                          "'features'")
     if spec == "features" and not warm_start:
         raise ValueError(f"{owner}: neighbor_space='features' mines neighbours in the "
-                         "warm-started network's features and needs pretrain_epochs > 0 "
-                         "(pretrain_epochs='auto' warm-starts colour images only); pass "
+                         "warm-started network's features, and this fit has no warm start "
+                         "(pretrain_epochs=0, or 'auto' for samples it does not warm-start: "
+                         "DCCM warm-starts colour images, CRLC images); pass "
                          "pretrain_epochs as an int or use neighbor_space='pixels'")
 
 

@@ -55,11 +55,13 @@ def X(digit_images):
 
 
 def tiny(cls, **params):
-    """Tiny CPU estimators (three steps per epoch) with the cosine schedule."""
+    """Tiny CPU estimators (three steps per epoch) with the cosine schedule, in one stage
+    unless ``pretrain_epochs`` is given (CRLC's default warm-starts grey images)."""
     extra = {"target_batch_size": 16, "ablation": "M3"} if cls is DCCMClustering else {
         "n_heads": 2, "hidden_dim": 16}
     return cls(**{"n_clusters": 4, "max_iter": 6, "batch_size": 16, "device": "cpu",
-                  "random_state": 0, "lr_schedule": "cosine", **extra, **params})
+                  "random_state": 0, "lr_schedule": "cosine", "pretrain_epochs": 0,
+                  **extra, **params})
 
 
 def train_spec(est, X):

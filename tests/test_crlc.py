@@ -47,7 +47,9 @@ def test_fitted_shapes_and_types(fitted, digits):
     n = len(X)
     assert fitted.labels_.shape == (n,)
     assert fitted.input_shape_ == (1, 8, 8)
-    assert fitted.n_iter_ == 2 and len(fitted.history_) == 2
+    # The default preset warm-starts for 40% of the clustering epochs (round(0.8) = 1).
+    assert fitted.pretrain_epochs_ == 1
+    assert fitted.n_iter_ == 3 and len(fitted.history_) == 3
     proba = fitted.predict_proba(X)
     assert proba.shape == (n, 10) and proba.dtype == np.float32
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
@@ -193,8 +195,8 @@ def test_auto_backbone_is_an_mlp_for_tiny_images(fitted):
     assert resolve_backbone("auto", (64,)) == "mlp"
     assert resolve_backbone("auto", (1, 16, 16)) == "mlp"     # USPS
     assert resolve_backbone("auto", (1, 28, 28)) == "mlp"     # MNIST
-    assert resolve_backbone("auto", (1, 28, 40)) == "conv"    # grey, but one side over 32
-    assert resolve_backbone("auto", (3, 16, 16)) == "conv"    # colour
+    assert resolve_backbone("auto", (1, 28, 40)) == "small"   # grey, but one side over 32
+    assert resolve_backbone("auto", (3, 16, 16)) == "small"   # colour
     assert resolve_backbone("auto", (3, 12, 32)) == "mlp"     # one side under 16
     assert resolve_backbone("resnet18", (1, 8, 8)) == "resnet18"
 
@@ -335,6 +337,7 @@ def test_frozen_encoder_keeps_given_backbone_weights(fitted, digits, tmp_path: P
     torch.save(weights, path)
     est = CRLCClustering(**TINY, backbone_weights=str(path), freeze_encoder=True,
                          random_state=0).fit(X)
+    assert est.pretrain_epochs_ == 0        # "auto": the given weights are the warm start
     trained = est.module_.backbone.state_dict()
     for key, value in weights.items():
         torch.testing.assert_close(trained[key.removeprefix("backbone.")], value,

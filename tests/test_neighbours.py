@@ -136,7 +136,7 @@ def test_paper_presets_mine_no_neighbours():
 @pytest.mark.parametrize("cls", [DCCMClustering, CRLCClustering])
 def test_min_steps_stretches_the_preset_epochs_only(cls):
     X = load_digits().images[:200]  # batch size 128: 2 steps an epoch
-    common = {"n_clusters": 3, "n_neighbors": 0, "random_state": 0}
+    common = {"n_clusters": 3, "n_neighbors": 0, "pretrain_epochs": 0, "random_state": 0}
     preset_epochs = cls._presets["default"]["max_iter"]
     est = cls(min_steps=2 * preset_epochs + 2, **common).fit(X)
     assert est.n_iter_ == preset_epochs + 1
@@ -196,7 +196,7 @@ def test_neighbour_space_resolution():
     assert resolve_neighbour_space("auto", True, (64,)) == "pixels"
     assert resolve_neighbour_space("features", True, grey) == "features"
     check_neighbour_space("features", True, "X")
-    with pytest.raises(ValueError, match="needs pretrain_epochs > 0"):
+    with pytest.raises(ValueError, match="has no warm start"):
         check_neighbour_space("features", False, "X")
     with pytest.raises(ValueError, match="'auto', 'pixels' or 'features'"):
         check_neighbour_space("latent", True, "X")
