@@ -7,9 +7,12 @@ from ``suite.csv`` alone: mean and worst seed). Per set and method the figure sh
 (a bar), each seed (a dot) and the worst seed (a ringed dot); sets appear in the order of
 ``suite.csv``, the CIFAR-10 subset among them when the suite ran it.
 
+Several folders may be given, for a method re-run alone after its default changed: a
+method's results on a set come from the last folder that has them.
+
 Usage::
 
-    python benchmarks/plot_suite.py benchmarks/results/suite \
+    python benchmarks/plot_suite.py benchmarks/results/suite benchmarks/results/suite-crlc \
         --out docs/_static/suite_results.png
 """
 
@@ -88,6 +91,32 @@ def read_suite(folder: Path, methods: tuple[str, ...] = METHODS) -> list[SetScor
     return list(sets.values())
 
 
+def merge_suites(suites: list[list[SetScores]]) -> list[SetScores]:
+    """Several suites' sets as one: a method's scores on a set come from the last suite
+    that has them; sets keep the order of their first appearance.
+
+    Parameters
+    ----------
+    suites : list of list of SetScores
+        As :func:`read_suite` returns them, one list per folder, oldest first.
+
+    Returns
+    -------
+    sets : list of SetScores
+    """
+    merged: dict[str, SetScores] = {}
+    for sets in suites:
+        for scores in sets:
+            into = merged.setdefault(scores.name, SetScores(scores.name, scores.n_samples,
+                                                            scores.n_clusters))
+            if (into.n_samples, into.n_clusters) != (scores.n_samples, scores.n_clusters):
+                raise ValueError(f"{scores.name}: {scores.n_samples} images, K="
+                                 f"{scores.n_clusters} in one folder and {into.n_samples}, "
+                                 f"K={into.n_clusters} in another: not the same set")
+            into.methods.update(scores.methods)
+    return list(merged.values())
+
+
 def plot_suite(sets: list[SetScores], methods: tuple[str, ...] = METHODS):
     """A figure of ACC per set (groups along x) and method (columns of a group).
 
@@ -155,7 +184,9 @@ def plot_suite(sets: list[SetScores], methods: tuple[str, ...] = METHODS):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", type=Path, help="the suite's --out folder")
+    parser.add_argument("folders", type=Path, nargs="+",
+                        help="the suite's --out folder; with several, a method's results on "
+                             "a set come from the last folder that has them")
     parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help="methods to draw, in order (default: %(default)s)")
@@ -165,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    fig = plot_suite(read_suite(args.folder, methods), methods)
+    sets = merge_suites([read_suite(folder, methods) for folder in args.folders])
+    fig = plot_suite(sets, methods)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=args.dpi)
     print(f"wrote {args.out}")

@@ -110,3 +110,28 @@ def test_a_folder_without_suite_csv_is_refused(tmp_path):
     _write_suite_csv(tmp_path, [_row("digits", "agglomerative", 0.8, 0.8)])
     with pytest.raises(ValueError, match="nothing to plot"):
         plot_suite.plot_suite(plot_suite.read_suite(tmp_path))
+
+
+def test_a_later_folder_replaces_a_methods_results(tmp_path):
+    # One method re-run alone after its default changed: its rows come from the later
+    # folder, every other method's from the earlier one; sets keep their first order.
+    old, new = tmp_path / "old", tmp_path / "new"
+    _write_suite_csv(old, [_row("digits", "dccm", 0.9, 0.85), _row("digits", "crlc", 0.6, 0.5),
+                           _row("orl", "crlc", 0.61, 0.6)])
+    _write_suite_csv(new, [_row("orl", "crlc", 0.7, 0.65), _row("digits", "crlc", 0.95, 0.9),
+                           _row("usps", "crlc", 0.92, 0.91)])
+    sets = plot_suite.merge_suites([plot_suite.read_suite(old), plot_suite.read_suite(new)])
+    assert [s.name for s in sets] == ["digits", "orl", "usps"]
+    assert {m: r.mean for m, r in sets[0].methods.items()} == {"dccm": 0.9, "crlc": 0.95}
+    assert sets[1].methods["crlc"].worst == 0.65
+    png = tmp_path / "merged.png"
+    assert plot_suite.main([str(old), str(new), "--out", str(png)]) == 0
+    assert png.is_file()
+
+
+def test_folders_that_disagree_on_a_set_are_refused(tmp_path):
+    _write_suite_csv(tmp_path / "a", [_row("digits", "crlc", 0.9, 0.8)])
+    _write_suite_csv(tmp_path / "b", [{**_row("digits", "dccm", 0.9, 0.8), "n_samples": 60}])
+    suites = [plot_suite.read_suite(tmp_path / f) for f in "ab"]
+    with pytest.raises(ValueError, match="not the same set"):
+        plot_suite.merge_suites(suites)
