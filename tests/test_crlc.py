@@ -404,3 +404,24 @@ def test_quality_on_full_digits():
     assert acc > clustering_accuracy(y, kmeans.labels_) + 0.1
     assert acc >= 0.93
     assert normalized_mutual_info_score(y, labels) >= 0.88
+
+
+def test_default_preset_trains_colour_images_for_fewer_epochs():
+    # The preset's 60 epochs were measured on grey images; colour images keep 40
+    # (COLOUR_MAX_ITER) unless max_iter is given.
+    from skdccm import crlc as crlc_module
+
+    colour = np.zeros((40, 8, 8, 3), dtype=np.uint8)
+    grey = colour[..., 0]
+
+    def planned(images, **params):
+        layout = infer_layout(images.shape, images.dtype, image_shape=None, channels=None,
+                              owner="test")
+        est = CRLCClustering(n_clusters=2, **params)
+        return est._train_spec({**PRESETS["default"], **params}, len(images), layout).max_epochs
+
+    assert PRESETS["default"]["max_iter"] > crlc_module.COLOUR_MAX_ITER
+    assert planned(colour) == crlc_module.COLOUR_MAX_ITER
+    assert planned(colour, max_iter=2) == 2
+    assert planned(colour, preset="paper") == PRESETS["default"]["max_iter"]
+    assert planned(grey) == PRESETS["default"]["max_iter"]
