@@ -175,6 +175,9 @@ class DeepClusteringBase(
                                     n_samples)
         self.pretrain_epochs_ = resolve_pretrain_epochs(
             params["pretrain_epochs"], spec.max_epochs, self._auto_warm_start(layout.sample_shape))
+        # The clustering stage's plan (colour caps and min_steps applied), for progress
+        # reports that run while fit does (harness.planned_epochs).
+        self._cluster_epochs = spec.max_epochs
         # preset_params_ keeps "auto" as given (like n_neighbors); training reads the count.
         preset_params = params
         params = {**params, "pretrain_epochs": self.pretrain_epochs_}

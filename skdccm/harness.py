@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .console import CommandError, EpochProgress, Progress, one_line
+from .console import CommandError, EpochProgress, Progress, format_duration, one_line
 from .figures import plot_confusion, plot_embedding, plot_learning_curve
 from .metrics import bcubed_precision_recall, clustering_scores
 
@@ -276,6 +276,9 @@ def fit_watched(estimator, data, progress: Progress, label: str):
 
     own = estimator.callbacks
     callbacks = [] if own is None else list(own) if isinstance(own, (list, tuple)) else [own]
+    max_time = getattr(estimator, "max_time", None)
+    if max_time is not None:  # no epoch total to count against: the budget is the plan
+        label = f"{label} (max_time {format_duration(max_time)})"
     watcher = EpochProgress(progress, label, total=planned_epochs, describe=format_record)
     estimator.set_params(callbacks=[*callbacks, watcher])
     try:
@@ -288,12 +291,17 @@ def fit_watched(estimator, data, progress: Progress, label: str):
 
 def planned_epochs(estimator) -> int | None:
     """Epochs a deep estimator's fit runs unless stopped early (pre-training and every
-    initialisation included), from its resolved parameters; None when unknown."""
+    initialisation included), as planned once fit began; None when unknown, and under a
+    time budget (``max_time``), whose plan changes as epochs are timed."""
     try:
         params = estimator._resolved_params()
     except Exception:  # fit reports invalid parameters; the ETA just goes without a total
         return None
-    max_iter = params.get("max_iter")
+    if getattr(estimator, "max_time", None) is not None:
+        return None
+    # The clustering stage's plan as fit resolved it (min_steps stretches the preset's
+    # epochs on small sets, colour images get fewer), else the parameters' max_iter.
+    max_iter = getattr(estimator, "_cluster_epochs", params.get("max_iter"))
     if not isinstance(max_iter, int):
         return None
     trials = (int(params.get("n_init") or 1) - 1) * int(params.get("init_iter") or max_iter)

@@ -739,3 +739,50 @@ def test_benchmark_takes_an_auto_warm_start(tmp_path, capsys):
                      "--no-plots", "--out", str(out)]) == 0
     rows = read_csv(out / "results.csv")
     assert [r["status"] for r in rows if r["method"] == "dccm"] == ["ok"]
+
+
+@pytest.mark.parametrize("cls, module", [(skdccm.DCCMClustering, "dccm"),
+                                         (skdccm.CRLCClustering, "crlc")])
+def test_planned_epochs_read_the_colour_cap_once_fit_began(cls, module):
+    # The default preset gives colour images fewer epochs than its max_iter: the ETA's
+    # total counts those (and the warm start), not the preset's max_iter.
+    import importlib
+
+    from skdccm.harness import planned_epochs
+
+    cap = importlib.import_module(f"skdccm.{module}").COLOUR_MAX_ITER
+    seen = []
+
+    def first_epoch(estimator, record):
+        seen.append(planned_epochs(estimator))
+        return True
+
+    colour = np.random.default_rng(0).integers(0, 256, size=(40, 8, 8, 3), dtype=np.uint8)
+    est = cls(n_clusters=3, min_steps=0, pretrain_epochs=2, callbacks=first_epoch)
+    assert planned_epochs(est) == est._resolved_params()["max_iter"] + 2  # before fit
+    est.fit(colour)
+    assert set(seen) == {cap + 2}            # each stage stopped after its first epoch
+
+
+def test_planned_epochs_give_no_total_under_a_time_budget():
+    from skdccm.harness import planned_epochs
+
+    assert planned_epochs(skdccm.CRLCClustering(max_iter=5)) == 5
+    assert planned_epochs(skdccm.CRLCClustering(max_iter=5, max_time=60)) is None
+
+
+def test_a_budgeted_fit_reports_its_budget_instead_of_an_eta():
+    import io
+
+    from skdccm.console import Progress
+    from skdccm.harness import fit_watched
+
+    stream = io.StringIO()
+    X = np.random.default_rng(0).random((40, 8, 8)).astype(np.float32)
+    est = skdccm.CRLCClustering(n_clusters=3, max_iter=2, n_heads=2, batch_size=20,
+                                max_time=600, random_state=0)
+    fit_watched(est, X, Progress(stream=stream), "crlc seed 0")
+    lines = stream.getvalue().splitlines()
+    label = "crlc seed 0 (max_time 10 min 00 s): epoch"
+    assert lines and all(line.startswith(label) for line in lines)
+    assert not any("ETA" in line for line in lines)
