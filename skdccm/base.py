@@ -122,6 +122,9 @@ class DeepClusteringBase(
     _min_steps_per_cluster: ClassVar[int] = 0
     #: ``n_neighbors="auto"``: no neighbours when the mean cluster size is above this
     _neighbour_max_cluster_size: ClassVar[int | None] = None
+    #: the ``"default"`` preset's epochs for colour images when ``max_iter`` is not given
+    #: (None: the preset's ``max_iter``)
+    _colour_max_iter: ClassVar[int | None] = None
 
     # ------------------------------------------------------------------------------------
     # scikit-learn API
@@ -356,6 +359,15 @@ class DeepClusteringBase(
         source.neighbours = feature_neighbours(lambda batch: module.backbone(batch)[1],
                                                source, min(self.n_neighbors_, len(source) - 1))
         module.train(was_training)
+
+    def _preset_epochs(self, params: dict[str, Any], layout: InputLayout) -> int:
+        """``max_iter`` as resolved, capped at ``_colour_max_iter`` for colour images in the
+        ``"default"`` preset when the user left ``max_iter`` unset."""
+        epochs = params["max_iter"]
+        if (self._colour_max_iter is not None and self.max_iter is None
+                and self.preset == "default" and is_colour(layout.sample_shape)):
+            epochs = min(epochs, self._colour_max_iter)
+        return epochs
 
     def _with_min_steps(self, spec: TrainSpec, params: dict[str, Any],
                         n_samples: int) -> TrainSpec:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .augment import ContrastiveAugmentation, resolve_contrastive
 from .base import DeepClusteringBase, _as_list, check_pretrain_epochs
 from .budget import TimeBudget
-from .data import ArraySource, InputLayout, is_colour, shuffled_batches
+from .data import ArraySource, InputLayout, shuffled_batches
 from .distributed import SINGLE_PROCESS, Collective
 from .losses import (
     logit_bound_penalty,
@@ -545,6 +545,7 @@ class or instance, default=None
     _presets = PRESETS
     _min_steps_per_cluster = MIN_STEPS_PER_CLUSTER
     _neighbour_max_cluster_size = NEIGHBOUR_MAX_CLUSTER_SIZE
+    _colour_max_iter = COLOUR_MAX_ITER
 
     def __init__(
         self,
@@ -696,12 +697,10 @@ class or instance, default=None
     def _train_spec(self, params: dict[str, Any], n_samples: int,
                     layout: InputLayout) -> TrainSpec:
         batch_size = min(params["batch_size"], n_samples)
-        epochs = params["max_iter"]
-        if self.max_iter is None and self.preset == "default" and is_colour(layout.sample_shape):
-            epochs = min(epochs, COLOUR_MAX_ITER)
         return TrainSpec(
-            max_epochs=epochs, batch_size=batch_size, chunk_size=batch_size,
-            passes_per_chunk=1, steps_per_batch=1, optimizer=params["optimizer"],
+            max_epochs=self._preset_epochs(params, layout), batch_size=batch_size,
+            chunk_size=batch_size, passes_per_chunk=1, steps_per_batch=1,
+            optimizer=params["optimizer"],
             learning_rate=params["learning_rate"], weight_decay=params["weight_decay"],
             momentum=0.9, lr_schedule=params["lr_schedule"], precision=self.precision,
             compile=self.compile, tol=self.tol, checkpoint_dir=self.checkpoint_dir,

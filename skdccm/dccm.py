@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from .augment import AffineAugmentation, dccm_view, resolve_affine, resolve_contrastive
 from .base import DeepClusteringBase, _as_list, check_pretrain_epochs
 from .budget import TimeBudget, TrialShare
-from .data import ArraySource, InputLayout, is_colour
+from .data import ArraySource, InputLayout
 from .distributed import SINGLE_PROCESS, Collective
 from .losses import (
     balance_loss,
@@ -551,6 +551,7 @@ or instance
 
     _presets = PRESETS
     _min_steps_per_cluster = MIN_STEPS_PER_CLUSTER
+    _colour_max_iter = COLOUR_MAX_ITER
 
     def __init__(
         self,
@@ -707,11 +708,8 @@ or instance
     def _train_spec(self, params: dict[str, Any], n_samples: int,
                     layout: InputLayout) -> TrainSpec:
         batch_size = min(params["batch_size"], n_samples)
-        epochs = params["max_iter"]
-        if self.max_iter is None and self.preset == "default" and is_colour(layout.sample_shape):
-            epochs = min(epochs, COLOUR_MAX_ITER)
         return TrainSpec(
-            max_epochs=epochs, batch_size=batch_size,
+            max_epochs=self._preset_epochs(params, layout), batch_size=batch_size,
             chunk_size=max(min(params["target_batch_size"], n_samples), batch_size),
             passes_per_chunk=params["passes_per_target"],
             steps_per_batch=params["draws_per_batch"], optimizer=params["optimizer"],
