@@ -35,6 +35,15 @@ def test_nearest_neighbours_match_float64_brute_force(batch_size):
     np.testing.assert_array_equal(got, brute_force(x, 4))
 
 
+@pytest.mark.parametrize("k", [0, 1, 6])
+def test_nearest_neighbours_break_ties_by_index(k):
+    # Integer points on a small grid: many equal distances, inside the k nearest and at the
+    # k-th place, where a top-k kernel may order them as it likes.
+    x = np.random.default_rng(1).integers(0, 3, size=(80, 3)).astype(np.float32)
+    got = nearest_neighbours(torch.from_numpy(x), k).numpy()
+    np.testing.assert_array_equal(got, brute_force(x, k))
+
+
 def test_nearest_neighbours_rejects_k_out_of_range():
     with pytest.raises(ValueError, match="k=5"):
         nearest_neighbours(torch.zeros(5, 2), 5)
