@@ -125,6 +125,9 @@ class DeepClusteringBase(
     #: the ``"default"`` preset's epochs for colour images when ``max_iter`` is not given
     #: (None: the preset's ``max_iter``)
     _colour_max_iter: ClassVar[int | None] = None
+    #: passes over the training data after the last run that ``max_time`` leaves time for:
+    #: the BatchNorm statistics and the labels
+    _final_passes: ClassVar[int] = 2
 
     # ------------------------------------------------------------------------------------
     # scikit-learn API
@@ -150,7 +153,8 @@ class DeepClusteringBase(
             The fitted estimator.
         """
         # max_time covers the whole fit, from here.
-        budget = TimeBudget(_check_max_time(self.max_time, type(self).__name__))
+        budget = TimeBudget(_check_max_time(self.max_time, type(self).__name__),
+                            final_passes=self._final_passes)
         params = self._resolved_params()
         check_neighbour_space(self.neighbor_space, params["pretrain_epochs"] != 0,
                               type(self).__name__)

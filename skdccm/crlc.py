@@ -458,9 +458,11 @@ class or instance, default=None
         a short schedule rather than a cut long one. Pre-training plans its share
         ``pretrain_epochs / (pretrain_epochs + max_iter)`` of the affordable epochs, the
         clustering stage the rest. A stage ends at the end of its planned epoch, or of the
-        epoch that reaches the budget, and trains at least one epoch; the choice of
-        sub-head, the final BatchNorm pass and the labelling of the training data come
-        after the budget. ``stopped_by_time_`` tells whether it shortened training.
+        epoch that reaches the budget, and trains at least one epoch. The choice of
+        sub-head (two views of every image), the final BatchNorm pass and the labelling of
+        the training data follow training: the clustering stage plans its epochs to leave
+        time for those four passes over the data, each as long as the pre-training's last
+        (timed) pass. ``stopped_by_time_`` tells whether it shortened training.
     callbacks : callable or list, default=None
         Called as ``cb(estimator, record)`` (or ``cb.on_epoch_end(estimator, record)``) after
         each epoch; return True to stop.
@@ -546,6 +548,8 @@ class or instance, default=None
     _min_steps_per_cluster = MIN_STEPS_PER_CLUSTER
     _neighbour_max_cluster_size = NEIGHBOUR_MAX_CLUSTER_SIZE
     _colour_max_iter = COLOUR_MAX_ITER
+    # The sub-head choice (two views of every image), the BatchNorm statistics, the labels.
+    _final_passes = 4
 
     def __init__(
         self,

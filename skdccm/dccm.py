@@ -470,9 +470,10 @@ or instance
         the rest of the budget, at most ``max_iter``: the learning-rate schedule spans the
         planned epochs, so a short budget trains a short schedule rather than a cut long
         one. Training ends at the end of the planned epoch, or of the epoch that reaches
-        the budget. At least one epoch is trained; the final BatchNorm pass and the
-        labelling of the training data come after the budget (about one forward pass over
-        the data). With ``n_init > 1`` the budget covers the trials and the kept run:
+        the budget. At least one epoch is trained. The final BatchNorm pass and the
+        labelling of the training data follow training: once a pass over the data has been
+        timed (the warm start's last one), later stages plan their epochs to leave time
+        for those two passes. With ``n_init > 1`` the budget covers the trials and the kept run:
         each trial leaves the later ones their epochs, and trials for which no time is
         left are skipped. ``stopped_by_time_`` tells whether it shortened training.
     callbacks : callable or list, default=None

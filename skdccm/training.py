@@ -507,7 +507,7 @@ def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: Tra
                 device=collective.device)).tolist()
             if budget.limited:
                 epoch_ends.append(elapsed)
-                affordable = affordable_epochs(budget.seconds - elapsed,
+                affordable = affordable_epochs(budget.available(elapsed),
                                                seconds_per_epoch(run_start, epoch_ends))
                 planned = min(spec.max_epochs, max(epoch + 1, plan(epoch + 1 + affordable)))
             record = _epoch_record(epoch, sums, n_steps, stat_sums, n_chunks, labels,
@@ -553,7 +553,11 @@ def _train(module: nn.Module, objective: nn.Module, data: ArraySource, spec: Tra
         paused = _loop_state(spec, len(history) - 1, module, objective, optimizer, generator,
                              device_generator, history, previous_labels)
         return TrainResult(module, objective, history, len(history), state=paused)
+    # The pass that ends the run, timed: later runs leave time for the fit's final passes.
+    pass_start = _elapsed_over_ranks(budget, collective) if budget.limited else 0.0
     finish_training(module, objective, data, spec.batch_size)
+    if budget.limited:
+        budget.pass_seconds = _elapsed_over_ranks(budget, collective) - pass_start
     return TrainResult(module, objective, history, len(history), interrupted, stopped_by)
 
 

@@ -187,7 +187,7 @@ def test_the_schedule_is_planned_for_the_shortened_run(X, ticking):
 def test_plan_grows_back_when_the_first_epoch_was_slow(X, monkeypatch):
     # The first epoch costs 40 s (warm-up), later ones 10 s: the plan after epoch 1 is
     # short, and grows once the second epoch shows the real pace.
-    readings = iter([0.0, 0.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0])
+    readings = iter([0.0, 0.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0])
     monkeypatch.setattr(budget_module, "clock", lambda: next(readings))
     est = tiny(DCCMClustering, max_time=85.0).fit(X)
     assert planned(est)[:2] == [2, 5]
@@ -220,22 +220,32 @@ def test_tol_that_stops_in_the_budgets_last_epoch_is_the_reason(X, ticking):
 # ---------------------------------------------------------------------------------------
 
 
-def test_crlc_pretraining_takes_its_share_of_the_budget(X, ticking):
+@pytest.mark.parametrize("cls", ESTIMATORS)
+def test_warm_start_takes_its_share_of_the_budget(cls, X, ticking, monkeypatch):
+    # One mechanism for both estimators; no final passes to leave time for here (below).
+    monkeypatch.setattr(cls, "_final_passes", 0)
     # pretrain 2 + cluster 4 epochs: pre-training plans a third of what is affordable.
-    # Pre-training: starts at 10, epoch 1 ends at 20, 40 s left: 1 + 4 epochs affordable,
-    # a third is 1. Clustering: starts at 30, epochs end at 40, 50, 60: plan 3.
-    est = tiny(CRLCClustering, pretrain_epochs=2, max_iter=4, max_time=60.0).fit(X)
-    assert planned(est, "pretrain") == [1]
+    # Pre-training: starts at 10, epoch 1 ends at 20, 50 s left: 1 + 5 epochs affordable,
+    # a third is 2; epoch 2 ends at 30 (40 s left: a third of 2 + 4 is 2). Its closing pass
+    # is timed from 40 to 50. Clustering: starts at 60, epochs end at 70, 80, 90: plan 3.
+    est = tiny(cls, pretrain_epochs=2, max_iter=4, max_time=90.0).fit(X)
+    assert planned(est, "pretrain") == [2, 2]
     assert planned(est, "cluster") == [3, 3, 3]
-    assert est.n_iter_ == 4 and est.stopped_by_time_
+    assert est.n_iter_ == 5 and est.stopped_by_time_
 
 
-def test_dccm_warm_start_takes_its_share_of_the_budget(X, ticking):
-    # The same plan as CRLC's pre-training above: one mechanism for both estimators.
-    est = tiny(DCCMClustering, pretrain_epochs=2, max_iter=4, max_time=60.0).fit(X)
-    assert planned(est, "pretrain") == [1]
-    assert planned(est, "cluster") == [3, 3, 3]
-    assert est.n_iter_ == 4 and est.stopped_by_time_
+@pytest.mark.parametrize("cls, expected", [(DCCMClustering, [2, 2]), (CRLCClustering, [1])])
+def test_later_runs_leave_time_for_the_final_passes(cls, X, ticking, expected):
+    # As above, with the estimators' own final passes (DCCM: BatchNorm statistics and
+    # labels, 2; CRLC: also the sub-head choice on two views, 4), each as long as the
+    # warm start's timed closing pass (10 s, from 40 to 50). Clustering's epoch 1 ends at
+    # 70: 30 s are left, less 20 s (DCCM) or 40 s (CRLC) for the final passes: one more
+    # epoch or none. Without the reservation the plan would be 4, ending at the budget
+    # with the passes still to come.
+    est = tiny(cls, pretrain_epochs=2, max_iter=4, max_time=100.0).fit(X)
+    assert planned(est, "pretrain") == [2, 2]
+    assert planned(est, "cluster") == expected
+    assert est.stopped_by_time_
 
 
 def test_crlc_clustering_stage_trains_even_when_pretraining_used_the_budget(X, ticking):
