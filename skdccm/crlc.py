@@ -461,8 +461,8 @@ class or instance, default=None
         epoch that reaches the budget, and trains at least one epoch. The choice of
         sub-head (two views of every image), the final BatchNorm pass and the labelling of
         the training data follow training: the clustering stage plans its epochs to leave
-        time for those four passes over the data, each as long as the pre-training's last
-        (timed) pass. ``stopped_by_time_`` tells whether it shortened training.
+        time for them, three times the pre-training's last (timed) pass over the data.
+        ``stopped_by_time_`` tells whether it shortened training.
     callbacks : callable or list, default=None
         Called as ``cb(estimator, record)`` (or ``cb.on_epoch_end(estimator, record)``) after
         each epoch; return True to stop.
@@ -548,8 +548,10 @@ class or instance, default=None
     _min_steps_per_cluster = MIN_STEPS_PER_CLUSTER
     _neighbour_max_cluster_size = NEIGHBOUR_MAX_CLUSTER_SIZE
     _colour_max_iter = COLOUR_MAX_ITER
-    # The sub-head choice (two views of every image), the BatchNorm statistics, the labels.
-    _final_passes = 4
+    # The sub-head choice (two views of every image), the BatchNorm statistics, the labels:
+    # on 60,000 CIFAR-10 images they took 116 s, 2.1 times the warm start's timed closing
+    # pass (the labels' pass draws no views); 3 leaves a margin.
+    _final_passes = 3
 
     def __init__(
         self,

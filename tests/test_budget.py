@@ -237,9 +237,9 @@ def test_warm_start_takes_its_share_of_the_budget(cls, X, ticking, monkeypatch):
 @pytest.mark.parametrize("cls, expected", [(DCCMClustering, [2, 2]), (CRLCClustering, [1])])
 def test_later_runs_leave_time_for_the_final_passes(cls, X, ticking, expected):
     # As above, with the estimators' own final passes (DCCM: BatchNorm statistics and
-    # labels, 2; CRLC: also the sub-head choice on two views, 4), each as long as the
+    # labels, 2; CRLC: also the sub-head choice on two views, 3), each as long as the
     # warm start's timed closing pass (10 s, from 40 to 50). Clustering's epoch 1 ends at
-    # 70: 30 s are left, less 20 s (DCCM) or 40 s (CRLC) for the final passes: one more
+    # 70: 30 s are left, less 20 s (DCCM) or 30 s (CRLC) for the final passes: one more
     # epoch or none. Without the reservation the plan would be 4, ending at the budget
     # with the passes still to come.
     est = tiny(cls, pretrain_epochs=2, max_iter=4, max_time=100.0).fit(X)
