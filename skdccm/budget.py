@@ -43,7 +43,6 @@ class TimeBudget:
         The budget; None or infinity for none (the clock still gives ``elapsed``).
     start : float, optional
         The clock's reading when the fit started; now by default.
-
     final_passes : int, default=0
         Passes over the training data that follow the last run, for which the plan leaves
         time once one pass has been timed.
