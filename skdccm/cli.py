@@ -235,6 +235,10 @@ def _deep_method(text: str, flag: str):
     if method is None:
         raise CommandError(f"{flag} {text!r}: choose dccm, crlc or FAMILY-PRESET "
                            "(e.g. dccm-paper)")
+    if method.runs > 1:
+        raise CommandError(f"{flag} {text!r}: a consensus of several runs (-xN) is measured "
+                           "by `benchmark`; in Python, wrap the estimator in "
+                           "skdccm.ConsensusClustering")
     return method
 
 
@@ -467,7 +471,9 @@ def _add_benchmark(subparsers) -> None:
                              f"{','.join(SUITE_SETS)}); a set whose file is absent is skipped")
     parser.add_argument("--methods", default=None,
                         help="comma-separated: dccm, crlc, FAMILY-PRESET (dccm-paper, "
-                             "dccm-code, crlc-paper), kmeans, agglomerative "
+                             "dccm-code, crlc-paper), a deep method ending in -xN for the "
+                             "consensus of N runs (dccm-x5, crlc-paper-x3; "
+                             "skdccm.ConsensusClustering), kmeans, agglomerative "
                              "(default: dccm,kmeans; with --suite: dccm,crlc,kmeans)")
     parser.add_argument("--seeds", type=_count(1), default=3,
                         help="number of seeds, 0..N-1 (default: 3)")

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import shlex
 import sys
@@ -61,12 +62,14 @@ MEMORY_NOTE = ("peak resident set size (RSS) of the process during fit, above it
 
 @dataclass(frozen=True)
 class Method:
-    """One entry of ``--methods``: a family, and for deep methods a preset and an ablation."""
+    """One entry of ``--methods``: a family, and for deep methods a preset, an ablation and
+    the number of runs of a consensus (``runs > 1``: :class:`skdccm.ConsensusClustering`)."""
 
     name: str
     family: str
     preset: str | None = None
     ablation: str | None = None
+    runs: int = 1
 
     @property
     def is_deep(self) -> bool:
@@ -74,7 +77,8 @@ class Method:
 
 
 def parse_methods(text: str, *, ablation: bool = False) -> list[Method]:
-    """Methods from ``"dccm,dccm-paper,crlc,kmeans"``; ``FAMILY-PRESET`` picks a preset.
+    """Methods from ``"dccm,dccm-paper,crlc-x5,kmeans"``; ``FAMILY-PRESET`` picks a preset,
+    a last part ``xN`` (N >= 2) makes a deep method the consensus of N runs.
 
     With ``ablation``, every DCCM entry becomes four: its models M1..M4.
     """
@@ -84,13 +88,17 @@ def parse_methods(text: str, *, ablation: bool = False) -> list[Method]:
         if not name:
             continue
         family, _, preset = name.partition("-")
+        runs = re.fullmatch(r"(?:(.+)-)?x([2-9]|[1-9][0-9]+)", preset)
         if family in BASELINES and not preset:
             methods.append(Method(name, family))
+        elif family in DEEP_FAMILIES and runs:
+            methods.append(Method(name, family, runs.group(1) or "default",
+                                  runs=int(runs.group(2))))
         elif family in DEEP_FAMILIES:
             methods.append(Method(name, family, preset or "default"))
         else:
             known = ", ".join([*DEEP_FAMILIES, *(f + "-PRESET" for f in DEEP_FAMILIES),
-                               *BASELINES])
+                               *(f + "-xN" for f in DEEP_FAMILIES), *BASELINES])
             raise CommandError(f"unknown method {raw.strip()!r}; choose from {known}")
     if ablation:
         if not any(m.family == "dccm" for m in methods):
@@ -107,7 +115,8 @@ def parse_methods(text: str, *, ablation: bool = False) -> list[Method]:
 def replace_ablation(method: Method, ablation: str | None) -> Method:
     if ablation is None:
         return method
-    return Method(f"{method.name}-{ablation}", method.family, method.preset, ablation)
+    return Method(f"{method.name}-{ablation}", method.family, method.preset, ablation,
+                  method.runs)
 
 
 def deep_class(family: str):
@@ -151,6 +160,10 @@ def make_estimator(method: Method, n_clusters: int, seed: int, params: dict[str,
     kwargs.update(n_clusters=n_clusters, preset=method.preset, random_state=seed)
     if method.ablation is not None:
         kwargs["ablation"] = method.ablation
+    if method.runs > 1:
+        from .consensus import ConsensusClustering
+
+        return ConsensusClustering(cls(**kwargs), n_runs=method.runs, random_state=seed)
     return cls(**kwargs)
 
 
@@ -246,7 +259,7 @@ def fit_one(method: Method, seed: int, images: np.ndarray, pixels: np.ndarray, y
     data = images if method.is_deep else pixels
     with PeakMemory() as memory:
         tic = time.perf_counter()
-        if progress is not None and method.is_deep:
+        if progress is not None and method.is_deep and method.runs == 1:
             fit_watched(estimator, data, progress, f"{method.name} seed {seed}")
         else:
             estimator.fit(data)
@@ -256,12 +269,17 @@ def fit_one(method: Method, seed: int, images: np.ndarray, pixels: np.ndarray, y
         import torch
 
         run.peak_cuda_mb = torch.cuda.max_memory_allocated() / 2**20
-    run.device = str(getattr(estimator, "device_", "cpu"))
+    first = getattr(estimator, "estimators_", [estimator])[0]  # a consensus: its first run
+    run.device = str(getattr(first, "device_", "cpu"))
     run.n_iter = _n_iter(estimator)
     run.labels = np.asarray(estimator.labels_)
     run.scores = clustering_scores(y, run.labels)
     precision, recall = bcubed_precision_recall(y, run.labels)
     run.scores.update(bcubed_precision=precision, bcubed_recall=recall)
+    if hasattr(estimator, "run_labels_"):  # a consensus: how its runs did on their own
+        accs = [clustering_scores(y, labels)["acc"] for labels in estimator.run_labels_]
+        run.note = (f"runs' ACC {' / '.join(f'{a:.3f}' for a in accs)} (mean "
+                    f"{np.mean(accs):.3f}); agreement {estimator.agreement_:.3f}")
     run.estimator = estimator
     return run
 
@@ -489,7 +507,9 @@ def run_line(index: int, total: int, run: Run) -> str:
     if not math.isnan(run.peak_cuda_mb):
         memory += f", CUDA {run.peak_cuda_mb:.0f} MB"
     epochs = "" if run.n_iter is None else f" {run.n_iter} it"
-    return f"{head}: {scores} | fit {run.fit_seconds:.1f} s{epochs} | {memory} | {run.device}"
+    note = f" | {run.note}" if run.note else ""
+    return (f"{head}: {scores} | fit {run.fit_seconds:.1f} s{epochs} | {memory} | "
+            f"{run.device}{note}")
 
 
 def describe_dataset(name: str, images: np.ndarray, y: np.ndarray, n_clusters: int | None,

@@ -3,6 +3,7 @@
 import csv
 import json
 import mmap
+import re
 import subprocess
 import sys
 
@@ -54,6 +55,38 @@ def test_parse_methods_presets_and_ablation():
         harness.parse_methods("kmeans", ablation=True)
     with pytest.raises(CommandError, match="twice"):
         harness.parse_methods("kmeans,kmeans")
+
+
+def test_parse_methods_consensus_suffix():
+    methods = harness.parse_methods("dccm-x5,crlc-paper-x3,dccm-x12")
+    assert [(m.family, m.preset, m.runs) for m in methods] == [
+        ("dccm", "default", 5), ("crlc", "paper", 3), ("dccm", "default", 12)]
+    est = harness.make_estimator(methods[1], 7, 3, {"max_iter": 2})
+    assert isinstance(est, skdccm.ConsensusClustering)
+    assert (est.n_runs, est.random_state) == (3, 3)
+    inner = est.estimator.get_params()
+    assert (inner["preset"], inner["n_clusters"], inner["max_iter"]) == ("paper", 7, 2)
+    assert harness.parse_methods("dccm")[0].runs == 1
+    with pytest.raises(CommandError, match="unknown method 'kmeans-x5'"):
+        harness.parse_methods("kmeans-x5")
+    with pytest.raises(CommandError, match="ConsensusClustering"):
+        cli._deep_method("dccm-x5", "--method")
+
+
+def test_benchmark_of_a_consensus(tmp_path):
+    write_digit_folder(tmp_path / "images", 40)
+    out = tmp_path / "out"
+    rc = cli.main(["benchmark", "--dataset", str(tmp_path / "images"), "--methods",
+                   "dccm-x2", "--seeds", "1", "--out", str(out), "--no-plots",
+                   "--no-warmup", *TINY])
+    assert rc == 0
+    rows = read_csv(out / "results.csv")
+    assert [(r["method"], r["status"], r["device"]) for r in rows] == [
+        ("dccm-x2", "ok", "cpu")]
+    assert 0.0 <= float(rows[0]["acc"]) <= 1.0
+    # The note scores each run on its own, beside the runs' agreement.
+    assert re.fullmatch(r"runs' ACC [01]\.\d{3} / [01]\.\d{3} \(mean [01]\.\d{3}\); "
+                        r"agreement -?[01]\.\d{3}", rows[0]["note"])
 
 
 def test_flags_map_one_to_one_onto_estimator_parameters():

@@ -214,7 +214,7 @@ def test_user_guide_preset_override_example(small_digits):
 
 DOCTEST_MODULES = ["skdccm.dccm", "skdccm.crlc", "skdccm.metrics", "skdccm.datasets",
                    "skdccm.losses", "skdccm.augment", "skdccm.networks", "skdccm.training",
-                   "skdccm.base", "skdccm.data", "skdccm.distributed"]
+                   "skdccm.base", "skdccm.data", "skdccm.distributed", "skdccm.consensus"]
 # Modules whose docstrings must hold at least one example.
 MUST_HAVE_EXAMPLES = {"skdccm.dccm", "skdccm.crlc", "skdccm.metrics", "skdccm.losses"}
 
@@ -246,7 +246,7 @@ def public_api() -> list[str]:
     names = []
     for module_name in ("skdccm.dccm", "skdccm.crlc", "skdccm.metrics", "skdccm.datasets",
                         "skdccm.losses", "skdccm.augment", "skdccm.networks",
-                        "skdccm.distributed"):
+                        "skdccm.distributed", "skdccm.consensus"):
         if not _has(module_name):
             continue
         module = importlib.import_module(module_name)
@@ -260,7 +260,8 @@ def public_api() -> list[str]:
                 continue  # imported from elsewhere; checked where it is defined
             names.append(f"{module_name}.{attribute}")
             if inspect.isclass(obj) and attribute.endswith("Clustering"):
-                names += [f"{module_name}.{attribute}.{m}" for m in ESTIMATOR_METHODS]
+                names += [f"{module_name}.{attribute}.{m}" for m in ESTIMATOR_METHODS
+                          if hasattr(obj, m)]
     return names
 
 
