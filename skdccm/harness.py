@@ -32,7 +32,7 @@ import numpy as np
 
 from .console import CommandError, EpochProgress, Progress, format_duration, one_line
 from .figures import plot_confusion, plot_embedding, plot_learning_curve
-from .metrics import bcubed_precision_recall, clustering_scores
+from .metrics import bcubed_precision_recall, clustering_accuracy, clustering_scores
 
 #: Deep methods by family name; the class is looked up lazily in ``skdccm``.
 DEEP_FAMILIES = {"dccm": "DCCMClustering", "crlc": "CRLCClustering"}
@@ -277,7 +277,7 @@ def fit_one(method: Method, seed: int, images: np.ndarray, pixels: np.ndarray, y
     precision, recall = bcubed_precision_recall(y, run.labels)
     run.scores.update(bcubed_precision=precision, bcubed_recall=recall)
     if hasattr(estimator, "run_labels_"):  # a consensus: how its runs did on their own
-        accs = [clustering_scores(y, labels)["acc"] for labels in estimator.run_labels_]
+        accs = [clustering_accuracy(y, labels) for labels in estimator.run_labels_]
         run.note = (f"runs' ACC {' / '.join(f'{a:.3f}' for a in accs)} (mean "
                     f"{np.mean(accs):.3f}); agreement {estimator.agreement_:.3f}")
     run.estimator = estimator
