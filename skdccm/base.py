@@ -54,6 +54,7 @@ from .training import (
     steps_per_epoch,
     train,
 )
+from .validation import check_int, is_int
 
 #: dtypes kept as stored; anything else numeric (int64 arrays, mixed frames) is converted
 #: to the first one, float32 (lists and tensors are NumPy arrays by then: data.as_array).
@@ -82,10 +83,7 @@ PRETRAIN_SHARE = 0.4
 
 def check_pretrain_epochs(value: Any, owner: str) -> None:
     """``pretrain_epochs`` must be ``"auto"`` or an int >= 0."""
-    if isinstance(value, str) and value == "auto":
-        return
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{owner}: pretrain_epochs={value!r} must be 'auto' or an int >= 0")
+    check_int(value, "pretrain_epochs", owner, minimum=0, auto=True)
 
 
 def resolve_pretrain_epochs(value: Any, cluster_epochs: int, auto_warm_start: bool) -> int:
@@ -416,8 +414,7 @@ class DeepClusteringBase(
         if self.preset not in self._presets:
             raise ValueError(f"{name}: unknown preset {self.preset!r}; choose one of "
                              + ", ".join(repr(p) for p in self._presets))
-        if not isinstance(self.n_clusters, numbers.Integral) or isinstance(self.n_clusters,
-                                                                             bool):
+        if not is_int(self.n_clusters):
             raise TypeError(f"{name}: n_clusters must be an int, got {self.n_clusters!r}")
         if self.n_clusters < 1:
             # 1 is allowed, as in KMeans: a single cluster (scikit-learn's checks use it).
@@ -429,9 +426,8 @@ class DeepClusteringBase(
                 params[key] = value
         for key in ("max_iter", "batch_size", "predict_batch_size", "checkpoint_every"):
             value = params.get(key, getattr(self, key, None))
-            if value is not None and (not isinstance(value, numbers.Integral)
-                                      or isinstance(value, bool) or value < 1):
-                raise ValueError(f"{name}: {key}={value!r} must be a positive int")
+            if value is not None:
+                check_int(value, key, name)
         for key, value in (("learning_rate", params.get("learning_rate", 1.0)),
                            ("tol", self.tol)):
             if not isinstance(value, numbers.Real) or isinstance(value, bool):
@@ -440,11 +436,7 @@ class DeepClusteringBase(
         if not np.isfinite(learning_rate) or learning_rate <= 0:  # inf would diverge later
             raise ValueError(f"{name}: learning_rate={learning_rate!r} must be > 0 and "
                              "finite")
-        min_steps = params.get("min_steps", 0)
-        if not (isinstance(min_steps, str) and min_steps == "auto") and (
-                not isinstance(min_steps, numbers.Integral) or isinstance(min_steps, bool)
-                or min_steps < 0):
-            raise ValueError(f"{name}: min_steps={min_steps!r} must be 'auto' or an int >= 0")
+        check_int(params.get("min_steps", 0), "min_steps", name, minimum=0, auto=True)
         if self.tol < 0:
             raise ValueError(f"{name}: tol={self.tol!r} must be >= 0")
         if self.precision not in ("auto", "float32", "bf16", "fp16"):

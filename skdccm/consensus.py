@@ -10,7 +10,6 @@ normalised ``Z``, never the n x n matrix, and the same linear map places new sam
 
 from __future__ import annotations
 
-import numbers
 import time
 
 import numpy as np
@@ -20,6 +19,8 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.utils import check_random_state
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
+
+from .validation import check_int
 
 
 def stack_assignments(assignments: list[np.ndarray]) -> np.ndarray:
@@ -187,8 +188,7 @@ class ConsensusClustering(ClusterMixin, TransformerMixin, BaseEstimator):
                                 "parameter; the runs need both")
         n_clusters = params["n_clusters"] if self.n_clusters is None else self.n_clusters
         for key, value in (("n_runs", self.n_runs), ("n_clusters", n_clusters)):
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ConsensusClustering: {key}={value!r} must be a positive int")
+            check_int(value, key, "ConsensusClustering")
         rng = check_random_state(self.random_state)
         seeds = rng.randint(np.iinfo(np.int32).max, size=int(self.n_runs))
 

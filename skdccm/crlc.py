@@ -39,6 +39,7 @@ from .networks import (
 )
 from .pretraining import TwoViewObjective
 from .training import StepResult, TrainResult, TrainSpec, train
+from .validation import check_int
 
 #: ``min_steps="auto"`` (the default preset): at least this many optimiser steps per cluster
 #: when ``max_iter`` is not given, so that small data sets with many clusters get more
@@ -655,8 +656,7 @@ class or instance, default=None
         if not 0.0 <= params["smoothing"] < 1.0:
             raise ValueError(f"{name}: smoothing={params['smoothing']!r} must be in [0, 1)")
         for key in ("n_heads", "hidden_dim"):
-            if not _is_int(params[key]) or params[key] < 1:
-                raise ValueError(f"{name}: {key}={params[key]!r} must be a positive int")
+            check_int(params[key], key, name)
         check_pretrain_epochs(params["pretrain_epochs"], name)
         if not isinstance(self.freeze_encoder, bool | np.bool_):
             raise ValueError(f"{name}: freeze_encoder={self.freeze_encoder!r} must be True or "
@@ -757,10 +757,6 @@ class or instance, default=None
     def _fingerprint(self, layout: InputLayout, params: dict[str, Any]) -> dict[str, Any]:
         return {**super()._fingerprint(layout, params), "backbone": str(params["backbone"]),
                 "n_heads": int(params["n_heads"]), "hidden_dim": int(params["hidden_dim"])}
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def _load_backbone_weights(weights: Any, owner: str) -> dict[str, Tensor]:

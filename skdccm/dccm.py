@@ -49,6 +49,7 @@ from .training import (
     finish_training,
     train,
 )
+from .validation import check_int
 
 #: The paper's ablation study (Table 3): which loss families each model uses.
 ABLATIONS = {
@@ -676,8 +677,7 @@ or instance
         if self.init_iter is not None:
             sizes["init_iter"] = self.init_iter
         for key, value in sizes.items():
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: {key}={value!r} must be a positive int")
+            check_int(value, key, name)
         if params["pseudo_label_loss"] not in ("ce", "bce"):
             raise ValueError(f"{name}: pseudo_label_loss={params['pseudo_label_loss']!r}; "
                              "choose 'ce' or 'bce'")
