@@ -12,8 +12,18 @@ from typing import Any
 
 
 def is_int(value: Any) -> bool:
-    """True for Python and NumPy integers; False for ``bool``, which is an ``int`` subclass
-    but never a count."""
+    """Whether ``value`` is a Python or NumPy integer other than a ``bool``.
+
+    Parameters
+    ----------
+    value : object
+        The value to test.
+
+    Returns
+    -------
+    bool
+        False for ``True``/``False``: ``bool`` subclasses ``int`` but is never a count.
+    """
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -34,6 +44,15 @@ def check_int(value: Any, key: str, owner: str, *, minimum: int = 1,
         The smallest value allowed.
     auto : bool, default=False
         Whether ``"auto"`` is allowed as well.
+
+    Examples
+    --------
+    >>> from skdccm.validation import check_int
+    >>> check_int(5, "n_runs", "ConsensusClustering")
+    >>> check_int(True, "n_runs", "ConsensusClustering")
+    Traceback (most recent call last):
+    ...
+    ValueError: ConsensusClustering: n_runs=True must be a positive int
     """
     if auto and isinstance(value, str) and value == "auto":
         return

@@ -214,7 +214,8 @@ def test_user_guide_preset_override_example(small_digits):
 
 DOCTEST_MODULES = ["skdccm.dccm", "skdccm.crlc", "skdccm.metrics", "skdccm.datasets",
                    "skdccm.losses", "skdccm.augment", "skdccm.networks", "skdccm.training",
-                   "skdccm.base", "skdccm.data", "skdccm.distributed", "skdccm.consensus"]
+                   "skdccm.base", "skdccm.data", "skdccm.distributed", "skdccm.consensus",
+                   "skdccm.validation"]
 # Modules whose docstrings must hold at least one example.
 MUST_HAVE_EXAMPLES = {"skdccm.dccm", "skdccm.crlc", "skdccm.metrics", "skdccm.losses"}
 
@@ -246,7 +247,7 @@ def public_api() -> list[str]:
     names = []
     for module_name in ("skdccm.dccm", "skdccm.crlc", "skdccm.metrics", "skdccm.datasets",
                         "skdccm.losses", "skdccm.augment", "skdccm.networks",
-                        "skdccm.distributed", "skdccm.consensus"):
+                        "skdccm.distributed", "skdccm.consensus", "skdccm.validation"):
         if not _has(module_name):
             continue
         module = importlib.import_module(module_name)
