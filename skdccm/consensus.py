@@ -90,6 +90,35 @@ def spectral_embedding(Z: np.ndarray, column_sums: np.ndarray,
     return U / np.maximum(np.linalg.norm(U, axis=1, keepdims=True), 1e-12)
 
 
+def combine_assignments(assignments: list[np.ndarray], n_clusters: int,
+                        random_state: int | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, KMeans]:
+    """The consensus of several runs: their co-association clustered spectrally.
+
+    Parameters
+    ----------
+    assignments : list of ndarray of shape (n_samples, k_r)
+        Each run's soft assignments (one-hot rows for hard labels).
+    n_clusters : int
+        Clusters of the consensus (at most ``n_samples`` are formed).
+    random_state : int or None, default=None
+        Seed of the k-means on the embedding.
+
+    Returns
+    -------
+    column_sums, projection : ndarray
+        The spectral map (:func:`spectral_map`) that embeds stacked assignments.
+    kmeans : KMeans
+        k-means (10 initialisations) fitted on the training samples' embedding; its
+        ``labels_`` are the consensus.
+    """
+    Z = stack_assignments(assignments)
+    n_clusters = min(n_clusters, Z.shape[0])
+    column_sums, projection = spectral_map(Z, n_clusters)
+    kmeans = KMeans(n_clusters=n_clusters, n_init=10, random_state=random_state)
+    return column_sums, projection, kmeans.fit(spectral_embedding(Z, column_sums, projection))
+
+
 def _degree_normalised(Z: np.ndarray, column_sums: np.ndarray) -> np.ndarray:
     """``D^{-1/2} Z``: each row divided by the square root of its degree ``z @ Z^T 1``."""
     return Z / np.sqrt(Z @ column_sums)[:, None]
@@ -211,12 +240,8 @@ class ConsensusClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             self.feature_names_in_ = self.estimators_[0].feature_names_in_
         self.agreement_ = _mean_pairwise_ari(self.run_labels_)
 
-        Z = stack_assignments(assignments)
-        n_clusters = min(int(n_clusters), Z.shape[0])
-        self.column_sums_, self.projection_ = spectral_map(Z, n_clusters)
-        embedding = spectral_embedding(Z, self.column_sums_, self.projection_)
-        self.kmeans_ = KMeans(n_clusters=n_clusters, n_init=10,
-                              random_state=rng.randint(np.iinfo(np.int32).max)).fit(embedding)
+        self.column_sums_, self.projection_, self.kmeans_ = combine_assignments(
+            assignments, int(n_clusters), rng.randint(np.iinfo(np.int32).max))
         self.labels_ = self.kmeans_.labels_
         return self
 
