@@ -79,7 +79,7 @@ def resolve_neighbour_count(spec: Any, n_samples: int, n_clusters: int,
                             max_cluster_size: int | None = None, learned: bool = False) -> int:
     """The ``n_neighbors`` parameter as a count, validated (``"auto"`` resolved)."""
     check_int(spec, "n_neighbors", owner, minimum=0, auto=True)
-    if spec == "auto":
+    if isinstance(spec, str):  # "auto", the one string check_int lets through
         count = auto_neighbour_count(n_samples, n_clusters, sample_shape, max_cluster_size,
                                      learned)
     else:
