@@ -60,12 +60,14 @@ AFFINE_PRESETS: dict[str, AffineAugmentation | None] = {
 
 
 def resolve_affine(
-    name: str | AffineAugmentation | None, sample_shape: tuple[int, ...]
+    name: str | AffineAugmentation | None, sample_shape: tuple[int, ...],
+    photographic: bool | None = None,
 ) -> AffineAugmentation | None:
     """Pick the augmentation for ``name`` (or ``"auto"``) and samples of ``sample_shape``.
 
     ``"auto"``: none for flat features, ``"digits"`` for grey images, ``"mild"`` for colour
-    images of 64 pixels or more, ``"cifar"`` otherwise.
+    images (and others given the defaults for photographs) of 64 pixels or more,
+    ``"cifar"`` otherwise.
 
     Parameters
     ----------
@@ -73,6 +75,9 @@ def resolve_affine(
         ``"auto"``, a key of ``AFFINE_PRESETS``, or settings (returned as they are).
     sample_shape : tuple of int
         ``(C, H, W)`` for images, ``(d,)`` for flat features.
+    photographic : bool or None, default=None
+        Whether images take the defaults for photographs (``InputLayout.photographic``);
+        None: colour images do.
 
     Returns
     -------
@@ -95,7 +100,7 @@ def resolve_affine(
         if len(sample_shape) != 3:
             return None
         channels, height, width = sample_shape
-        if channels == 1:
+        if not (channels > 1 if photographic is None else photographic):
             return AFFINE_PRESETS["digits"]
         return AFFINE_PRESETS["mild" if min(height, width) >= 64 else "cifar"]
     if name not in AFFINE_PRESETS:
@@ -378,12 +383,14 @@ CONTRASTIVE_PRESETS: dict[str, ContrastiveAugmentation | None] = {
 
 
 def resolve_contrastive(
-    name: str | ContrastiveAugmentation | None, sample_shape: tuple[int, ...]
+    name: str | ContrastiveAugmentation | None, sample_shape: tuple[int, ...],
+    photographic: bool | None = None,
 ) -> ContrastiveAugmentation | None:
     """Pick the contrastive views for ``name`` (or ``"auto"``) and samples of ``sample_shape``.
 
     ``"auto"``: ``"features"`` for flat features, ``"digits"`` for grey images, ``"large"``
-    for colour images of 64 pixels or more, ``"cifar"`` otherwise.
+    for colour images (and others given the defaults for photographs) of 64 pixels or
+    more, ``"cifar"`` otherwise.
 
     Parameters
     ----------
@@ -391,6 +398,9 @@ def resolve_contrastive(
         ``"auto"``, a key of ``CONTRASTIVE_PRESETS``, or settings (returned as they are).
     sample_shape : tuple of int
         ``(C, H, W)`` for images, ``(d,)`` for flat features.
+    photographic : bool or None, default=None
+        Whether images take the defaults for photographs (``InputLayout.photographic``);
+        None: colour images do.
 
     Returns
     -------
@@ -411,7 +421,7 @@ def resolve_contrastive(
         if len(sample_shape) != 3:
             return CONTRASTIVE_PRESETS["features"]
         channels, height, width = sample_shape
-        if channels == 1:
+        if not (channels > 1 if photographic is None else photographic):
             return CONTRASTIVE_PRESETS["digits"]
         return CONTRASTIVE_PRESETS["large" if min(height, width) >= 64 else "cifar"]
     if name not in CONTRASTIVE_PRESETS:

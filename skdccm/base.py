@@ -162,6 +162,8 @@ class DeepClusteringBase(
             raise ValueError(f"{type(self).__name__}: n_samples={n_samples} should be >= "
                              f"n_clusters={self.n_clusters}; pass more samples or lower "
                              "n_clusters")
+        self.photo_defaults_ = self._photo_defaults(layout.sample_shape, n_samples)
+        layout = replace(layout, photo_defaults=self.photo_defaults_)
 
         device = resolve_device(self.device)
         collective, device = resolve_strategy(self.strategy, device, type(self).__name__)
@@ -179,7 +181,7 @@ class DeepClusteringBase(
         spec = self._with_min_steps(self._train_spec(params, n_samples, layout), params,
                                     n_samples)
         self.pretrain_epochs_ = resolve_pretrain_epochs(
-            params["pretrain_epochs"], spec.max_epochs, self._auto_warm_start(layout.sample_shape))
+            params["pretrain_epochs"], spec.max_epochs, self._auto_warm_start(layout))
         # The clustering stage's plan (colour caps and min_steps applied), for progress
         # reports that run while fit does (harness.planned_epochs).
         self._cluster_epochs = spec.max_epochs
@@ -189,11 +191,11 @@ class DeepClusteringBase(
         warm_start = self.pretrain_epochs_ > 0
         check_neighbour_space(self.neighbor_space, warm_start, type(self).__name__)
         self.neighbor_space_ = resolve_neighbour_space(self.neighbor_space, warm_start,
-                                                       layout.sample_shape)
+                                                       layout.sample_shape, layout.photographic)
         self.n_neighbors_ = resolve_neighbour_count(
             params["n_neighbors"], n_samples, self.n_clusters, layout.sample_shape,
             type(self).__name__, self._neighbour_max_cluster_size,
-            learned=self.neighbor_space_ == "features")
+            learned=self.neighbor_space_ == "features", photographic=layout.photographic)
         # Data-parallel: neighbours within this rank's shard. Learned ones are mined after
         # the warm start (_mine_feature_neighbours).
         if self.n_neighbors_ and self.neighbor_space_ == "pixels":
@@ -323,10 +325,16 @@ class DeepClusteringBase(
                     layout: InputLayout) -> TrainSpec:
         raise NotImplementedError
 
-    def _auto_warm_start(self, sample_shape: tuple[int, ...]) -> bool:
-        """Whether ``pretrain_epochs="auto"`` warm-starts samples of ``sample_shape``:
-        colour images (DCCM on grey images: see ``PRETRAIN_SHARE``)."""
+    def _photo_defaults(self, sample_shape: tuple[int, ...], n_samples: int) -> bool:
+        """Whether ``n_samples`` samples of ``sample_shape`` take the defaults chosen for
+        colour photographs (``InputLayout.photo_defaults``): colour images."""
         return is_colour(sample_shape)
+
+    def _auto_warm_start(self, layout: InputLayout) -> bool:
+        """Whether ``pretrain_epochs="auto"`` warm-starts samples of ``layout``: those
+        that take the defaults for photographs (DCCM on grey images: see
+        ``PRETRAIN_SHARE``)."""
+        return layout.photographic
 
     def _warm_start(self, module: nn.Module, objective: nn.Module, source: ArraySource,
                     spec: TrainSpec, pretrain_epochs: int, generator: torch.Generator,
@@ -363,11 +371,12 @@ class DeepClusteringBase(
         module.train(was_training)
 
     def _preset_epochs(self, params: dict[str, Any], layout: InputLayout) -> int:
-        """``max_iter`` as resolved, capped at ``_colour_max_iter`` for colour images in the
-        ``"default"`` preset when the user left ``max_iter`` unset."""
+        """``max_iter`` as resolved, capped at ``_colour_max_iter`` for images that take
+        the defaults for photographs in the ``"default"`` preset when the user left
+        ``max_iter`` unset."""
         epochs = params["max_iter"]
         if (self._colour_max_iter is not None and self.max_iter is None
-                and self.preset == "default" and is_colour(layout.sample_shape)):
+                and self.preset == "default" and layout.photographic):
             epochs = min(epochs, self._colour_max_iter)
         return epochs
 

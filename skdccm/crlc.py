@@ -518,6 +518,9 @@ class or instance, default=None
         Neighbours mined per image (``n_neighbors`` resolved; 0: none).
     neighbor_space_ : {"pixels", "features"}
         Where they were mined (``neighbor_space`` resolved).
+    photo_defaults_ : bool
+        Whether the fit took the defaults chosen for colour photographs (views, feature
+        neighbours, network widths, epochs): for colour images.
 
     See Also
     --------
@@ -668,14 +671,15 @@ class or instance, default=None
                           UserWarning, stacklevel=3)
         return params
 
-    def _auto_warm_start(self, sample_shape: tuple[int, ...]) -> bool:
+    def _auto_warm_start(self, layout: InputLayout) -> bool:
         """Images, grey or colour, unless ``backbone_weights`` are given (they are the
         warm start); flat features are not warm-started."""
-        return len(sample_shape) == 3 and self.backbone_weights is None
+        return layout.is_image and self.backbone_weights is None
 
     def _build(self, layout: InputLayout, params: dict[str, Any]) -> tuple[nn.Module, nn.Module]:
         spec = resolve_backbone(params["backbone"], layout.sample_shape)
-        backbone = make_backbone(spec, self.backbone_params, layout.sample_shape)
+        backbone = make_backbone(spec, self.backbone_params, layout.sample_shape,
+                                 layout.photographic)
         if isinstance(spec, str) and not isinstance(backbone, ResNet):
             init_kaiming_(backbone)  # ResNet keeps its own (zero-initialised residuals)
         if self.backbone_weights is not None:
@@ -692,7 +696,8 @@ class or instance, default=None
                    clustering: bool) -> CRLCObjective:
         return CRLCObjective(
             n_clusters=self.n_clusters, n_heads=params["n_heads"],
-            augmentation=resolve_contrastive(self.augmentation, layout.sample_shape),
+            augmentation=resolve_contrastive(self.augmentation, layout.sample_shape,
+                                             layout.photographic),
             value_range=layout.value_range, temperature=params["temperature"],
             fc_weight=params["fc_weight"], pc_weight=params["pc_weight"],
             entropy_weight=params["entropy_weight"], logit_weight=params["logit_weight"],

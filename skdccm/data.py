@@ -35,6 +35,10 @@ class InputLayout:
     value_range : tuple of float
         Smallest and largest value of the scaled training data, used by augmentations
         that shift intensities relative to the data's range.
+    photo_defaults : bool or None
+        Whether the defaults chosen for colour photographs apply (see :func:`is_colour`);
+        None: for colour images only. An estimator sets it in ``fit`` once it knows the
+        number of images and clusters (DCCM: also for grey images with few a cluster).
     """
 
     sample_shape: tuple[int, ...]
@@ -42,18 +46,26 @@ class InputLayout:
     channels_last: bool
     scale: float
     value_range: tuple[float, float] = (0.0, 1.0)
+    photo_defaults: bool | None = None
 
     @property
     def is_image(self) -> bool:
         return len(self.sample_shape) == 3
+
+    @property
+    def photographic(self) -> bool:
+        """``photo_defaults``, or whether the samples are colour images when it is None."""
+        return is_colour(self.sample_shape) if self.photo_defaults is None else self.photo_defaults
 
 
 def is_colour(sample_shape: tuple[int, ...]) -> bool:
     """Whether samples of ``sample_shape`` are colour images: ``(C, H, W)`` with C > 1.
 
     Several defaults follow it (pixel neighbours, the warm start, their space, the width
-    of the small CNN): colour photographs' pixels say less about their class than grey
-    images' strokes do.
+    of the small CNN, the augmentations, the epochs): colour photographs' pixels say less
+    about their class than grey images' strokes do. They are the defaults for
+    photographs, which an estimator may also give grey images
+    (``InputLayout.photo_defaults``).
 
     Examples
     --------

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from .augment import AffineAugmentation, dccm_view, resolve_affine, resolve_contrastive
 from .base import DeepClusteringBase, _as_list, check_pretrain_epochs
 from .budget import TimeBudget, TrialShare
-from .data import ArraySource, InputLayout
+from .data import ArraySource, InputLayout, is_colour
 from .distributed import SINGLE_PROCESS, Collective
 from .losses import (
     balance_loss,
@@ -117,6 +117,17 @@ INIT_SEED_STRIDE = 7919
 #: Images at least this many pixels a side get the small CNN under ``backbone="auto"`` in the
 #: ``"default"`` preset.
 SMALL_CNN_MIN_SIDE = 16
+
+#: Grey images of ``SMALL_CNN_MIN_SIDE`` pixels a side or more with at most this many images
+#: a cluster on average take the defaults for colour photographs in the ``"default"``
+#: preset (``InputLayout.photo_defaults``): a contrastive warm start with its views, the
+#: clustering stage's neighbours in the features it learned, the augmentation, network
+#: widths and epochs of colour images. With a few dozen images a cluster, pixel
+#: neighbours and the pseudo-graph have little to go on and the warm start's learned
+#: features help; the digit sets (180 to 930 images a cluster) keep their own defaults.
+#: ORL (400 faces, 10 a person), seeds 0-3: mean ACC 0.682 -> 0.756 (worst 0.650 -> 0.725)
+#: with grey fed as three channels; COIL-20 (72 a cluster): 0.793 -> 0.820 (BENCHMARKS.md).
+PHOTO_MAX_CLUSTER_SIZE = 100
 
 
 def resolve_backbone(spec: Any, sample_shape: tuple[int, ...], preset: str) -> Any:
@@ -356,7 +367,8 @@ or instance
         when the last axis is 1, 3 or 4.
     max_iter : int, default=None
         Epochs (passes of the target-batch loop over the data). Paper: 200; default: 50
-        (25 for colour images, see ``COLOUR_MAX_ITER``).
+        (25 for colour images and grey ones given their defaults, see ``COLOUR_MAX_ITER``
+        and ``photo_defaults_``).
     n_init : int, default=1
         Initialisations tried, each with its own seed; the one with the lowest training
         loss after ``init_iter`` epochs is kept (and trained on to ``max_iter`` epochs when
@@ -377,10 +389,11 @@ or instance
         views of the same image (two views as CRLC draws them, :mod:`skdccm.pretraining`),
         so that the first pseudo-graph groups look-alikes. With ``n_init > 1`` every
         initialisation starts from the one warm-started backbone. ``"auto"``: 40% of the
-        clustering stage's epochs (10 before 25) for colour images, none for grey images
-        and flat features (CIFAR-10 subset, 5 minutes, seed 0: ACC 0.227 without, 0.290
-        with; on grey sets it helped the digits and cost MNIST, see
-        ``skdccm.base.PRETRAIN_SHARE``). Paper: 0; default: ``"auto"``.
+        clustering stage's epochs (10 before 25) for colour images and grey ones given
+        their defaults (``photo_defaults_``), none for other grey images and flat features
+        (CIFAR-10 subset, 5 minutes, seed 0: ACC 0.227 without, 0.290 with; on the digit
+        sets it helped the digits and cost MNIST, see ``skdccm.base.PRETRAIN_SHARE``).
+        Paper: 0; default: ``"auto"``.
     batch_size : int, default=None
         Minibatch size of the gradient steps. Paper: 32; default: 128.
     target_batch_size : int, default=None
@@ -432,12 +445,14 @@ or instance
         (after PCA), mined once before training: the augmented view is drawn from the
         image or a neighbour and held to the image's targets. ``"auto"``: a quarter of the
         mean cluster size, at most 20, for grey images and flat features, 0 for colour
-        images (see :mod:`skdccm.neighbours`). Paper: 0; default: ``"auto"``.
+        images and grey ones given their defaults (``photo_defaults_``; see
+        :mod:`skdccm.neighbours`). Paper: 0; default: ``"auto"``.
     neighbor_space : {"auto", "pixels", "features"}, default="auto"
         Where the ``n_neighbors`` are mined: ``"pixels"`` (after PCA, once before
         training) or ``"features"``: the backbone's features after the warm start
         (``pretrain_epochs``), for the clustering stage, as SCAN mines them. ``"auto"``:
-        ``"features"`` for colour images when the fit warm-starts, ``"pixels"`` otherwise
+        ``"features"`` for colour images and grey ones given their defaults
+        (``photo_defaults_``) when the fit warm-starts, ``"pixels"`` otherwise
         (a grey image's nearest pixels show its class far more often). With
         ``"features"``, ``n_neighbors="auto"`` is a quarter of the mean cluster size (at
         most 20) for every kind of image.
@@ -445,8 +460,9 @@ or instance
         The paper's Table 3: M1 pseudo-graph only, M2 + local robustness, M3 + pseudo-labels,
         M4 + mutual information (the full method, also what None means).
     augmentation : str or AffineAugmentation, default="auto"
-        ``"auto"`` (digit-safe for grey images, ``"mild"`` for colour images of 64 pixels or
-        more, ``"cifar"`` otherwise, none for flat features), ``"cifar"``, ``"mild"``,
+        ``"auto"`` (digit-safe for grey images, ``"mild"`` for colour images and grey ones
+        given their defaults (``photo_defaults_``) of 64 pixels or more, ``"cifar"`` for
+        the others of them, none for flat features), ``"cifar"``, ``"mild"``,
         ``"digits"``, ``"none"``, or an :class:`~skdccm.augment.AffineAugmentation`.
     device : str, default="auto"
         ``"auto"`` picks CUDA, then Apple MPS, then CPU.
@@ -533,6 +549,12 @@ or instance
         Neighbours mined per image (``n_neighbors`` resolved; 0: none).
     neighbor_space_ : {"pixels", "features"}
         Where they were mined (``neighbor_space`` resolved).
+    photo_defaults_ : bool
+        Whether the fit took the defaults chosen for colour photographs (warm start, its
+        views, feature neighbours, augmentation, network widths, epochs): for colour
+        images, and in the ``"default"`` preset for grey images of 16 pixels a side or
+        more with at most 100 images a cluster on average (``PHOTO_MAX_CLUSTER_SIZE``:
+        faces and objects photographed in grey, not digits).
 
     See Also
     --------
@@ -683,10 +705,21 @@ or instance
                              "choose 'ce' or 'bce'")
         return params
 
+    def _photo_defaults(self, sample_shape: tuple[int, ...], n_samples: int) -> bool:
+        """Colour images, and in the ``"default"`` preset grey images of
+        ``SMALL_CNN_MIN_SIDE`` pixels or more with at most ``PHOTO_MAX_CLUSTER_SIZE``
+        images a cluster on average."""
+        if is_colour(sample_shape):
+            return True
+        return (self.preset == "default" and len(sample_shape) == 3
+                and min(sample_shape[1:]) >= SMALL_CNN_MIN_SIDE
+                and n_samples <= PHOTO_MAX_CLUSTER_SIZE * self.n_clusters)
+
     def _build(self, layout: InputLayout, params: dict[str, Any]) -> tuple[nn.Module, nn.Module]:
         backbone = make_backbone(resolve_backbone(self.backbone, layout.sample_shape,
                                                   self.preset),
-                                 self.backbone_params, layout.sample_shape)
+                                 self.backbone_params, layout.sample_shape,
+                                 layout.photographic)
         shallow_channels, n_features = infer_output_shapes(backbone, layout.sample_shape)
         module = DCCMNetwork(backbone, n_features, self.n_clusters)
         if isinstance(self.backbone, str):
@@ -700,7 +733,8 @@ or instance
             confidence_threshold=params["confidence_threshold"],
             pseudo_label_form=params["pseudo_label_loss"],
             original_view=params["original_view_loss"],
-            augmentation=resolve_affine(self.augmentation, layout.sample_shape),
+            augmentation=resolve_affine(self.augmentation, layout.sample_shape,
+                                        layout.photographic),
             value_range=layout.value_range, balance_weight=params["balance_weight"],
             n_negatives=params["n_negatives"], mi_hidden=params["mi_hidden"],
         )
@@ -755,7 +789,8 @@ or instance
             torch.manual_seed(generator.initial_seed())
             return ContrastiveWarmStart(
                 module.embed[0].in_features,
-                resolve_contrastive("auto", source.layout.sample_shape),
+                resolve_contrastive("auto", source.layout.sample_shape,
+                                    source.layout.photographic),
                 source.layout.value_range, WARM_START_TEMPERATURE,
             ).to(source.device)
 

@@ -33,7 +33,8 @@ MAX_NEIGHBOURS = 20
 
 
 def auto_neighbour_count(n_samples: int, n_clusters: int, sample_shape: tuple[int, ...],
-                         max_cluster_size: int | None = None, learned: bool = False) -> int:
+                         max_cluster_size: int | None = None, learned: bool = False,
+                         photographic: bool | None = None) -> int:
     """Neighbours per image for ``n_neighbors="auto"``: a quarter of the mean cluster size
     (at most 20, at least 1) for grey images and flat features, none for colour images.
 
@@ -52,6 +53,9 @@ def auto_neighbour_count(n_samples: int, n_clusters: int, sample_shape: tuple[in
     (``neighbor_space="features"``), which know more than the pixels: a quarter of the mean
     cluster size (at most 20) for every kind of sample and cluster size, as SCAN mines 20.
 
+    ``photographic``: whether the images take the defaults for photographs, which include
+    no pixel neighbours (``InputLayout.photographic``); None: colour images do.
+
     Examples
     --------
     >>> from skdccm.neighbours import auto_neighbour_count
@@ -67,7 +71,7 @@ def auto_neighbour_count(n_samples: int, n_clusters: int, sample_shape: tuple[in
     count = int(min(MAX_NEIGHBOURS, max(1, n_samples // (4 * max(n_clusters, 1)))))
     if learned:
         return count
-    if is_colour(sample_shape):
+    if is_colour(sample_shape) if photographic is None else photographic:
         return 0
     if max_cluster_size is not None and n_samples > max_cluster_size * max(n_clusters, 1):
         return 0
@@ -76,12 +80,13 @@ def auto_neighbour_count(n_samples: int, n_clusters: int, sample_shape: tuple[in
 
 def resolve_neighbour_count(spec: Any, n_samples: int, n_clusters: int,
                             sample_shape: tuple[int, ...], owner: str,
-                            max_cluster_size: int | None = None, learned: bool = False) -> int:
+                            max_cluster_size: int | None = None, learned: bool = False,
+                            photographic: bool | None = None) -> int:
     """The ``n_neighbors`` parameter as a count, validated (``"auto"`` resolved)."""
     check_int(spec, "n_neighbors", owner, minimum=0, auto=True)
     if isinstance(spec, str):  # "auto", the one string check_int lets through
         count = auto_neighbour_count(n_samples, n_clusters, sample_shape, max_cluster_size,
-                                     learned)
+                                     learned, photographic)
     else:
         count = int(spec)
     return min(count, n_samples - 1)
@@ -102,14 +107,16 @@ def check_neighbour_space(spec: Any, warm_start: bool, owner: str) -> None:
                          "pretrain_epochs as an int or use neighbor_space='pixels'")
 
 
-def resolve_neighbour_space(spec: str, warm_start: bool, sample_shape: tuple[int, ...]) -> str:
+def resolve_neighbour_space(spec: str, warm_start: bool, sample_shape: tuple[int, ...],
+                            photographic: bool | None = None) -> str:
     """The (checked) ``neighbor_space`` parameter: ``"pixels"`` or ``"features"``.
 
     ``"auto"``: the warm-started network's features for colour images when the fit
     warm-starts, the pixels otherwise. On grey images the pixels' nearest neighbours show
     the same class in 86-94% of cases at k=20 (digit sets), more than a short warm start's
     features can; on CIFAR-10 they do in 23%, and the features of a 6-epoch warm start in
-    28% (DCCM, seed 0).
+    28% (DCCM, seed 0). ``photographic``: whether the images take the defaults for
+    photographs, features included (``InputLayout.photographic``); None: colour images do.
 
     Examples
     --------
@@ -121,7 +128,8 @@ def resolve_neighbour_space(spec: str, warm_start: bool, sample_shape: tuple[int
     """
     if spec != "auto":
         return spec
-    return "features" if warm_start and is_colour(sample_shape) else "pixels"
+    photo = is_colour(sample_shape) if photographic is None else photographic
+    return "features" if warm_start and photo else "pixels"
 
 
 def principal_components(features: Tensor, n_components: int) -> Tensor:

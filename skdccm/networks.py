@@ -269,7 +269,8 @@ class ResNet(nn.Module):
         return shallow, torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)   # (N, 512)
 
 
-def build_backbone(name: str, sample_shape: tuple[int, ...]) -> nn.Module:
+def build_backbone(name: str, sample_shape: tuple[int, ...],
+                   photographic: bool | None = None) -> nn.Module:
     """Build a named backbone for samples of ``sample_shape``.
 
     Parameters
@@ -278,6 +279,9 @@ def build_backbone(name: str, sample_shape: tuple[int, ...]) -> nn.Module:
         ``"auto"``: ``"conv"`` for images, ``"mlp"`` for flat features.
     sample_shape : tuple of int
         ``(C, H, W)`` for images, ``(d,)`` for flat features.
+    photographic : bool or None, default=None
+        Whether the images take the defaults for photographs: the colour widths of
+        ``"small"``. None: colour images do.
 
     Returns
     -------
@@ -305,7 +309,8 @@ def build_backbone(name: str, sample_shape: tuple[int, ...]) -> nn.Module:
     if name == "conv":
         return ShallowAlexNet(sample_shape[0], sample_shape[1:])
     if name == "small":
-        widths = SMALL_CNN_COLOUR_WIDTHS if is_colour(sample_shape) else SMALL_CNN_WIDTHS
+        wide = is_colour(sample_shape) if photographic is None else photographic
+        widths = SMALL_CNN_COLOUR_WIDTHS if wide else SMALL_CNN_WIDTHS
         return SmallCNN(sample_shape[0], widths)
     if name in RESNET_LAYERS:
         return ResNet(sample_shape[0], RESNET_LAYERS[name])
@@ -519,7 +524,8 @@ def infer_output_shapes(backbone: nn.Module, sample_shape: tuple[int, ...]) -> t
     return int(shallow.shape[1]), int(features.shape[1])
 
 
-def make_backbone(spec: Any, params: dict | None, sample_shape: tuple[int, ...]) -> nn.Module:
+def make_backbone(spec: Any, params: dict | None, sample_shape: tuple[int, ...],
+                  photographic: bool | None = None) -> nn.Module:
     """Make a backbone from a name, an ``nn.Module`` class (with ``params``) or an instance.
 
     An instance is deep-copied: the user's module is never trained in place.
@@ -532,6 +538,8 @@ def make_backbone(spec: Any, params: dict | None, sample_shape: tuple[int, ...])
         Keyword arguments for a class.
     sample_shape : tuple of int
         Shape of one sample (used for names).
+    photographic : bool or None, default=None
+        Passed to :func:`build_backbone` for names.
 
     Returns
     -------
@@ -549,7 +557,7 @@ def make_backbone(spec: Any, params: dict | None, sample_shape: tuple[int, ...])
     'MLP'
     """
     if isinstance(spec, str):
-        return build_backbone(spec, sample_shape)
+        return build_backbone(spec, sample_shape, photographic)
     if isinstance(spec, type) and issubclass(spec, nn.Module):
         return spec(**(params or {}))
     if isinstance(spec, nn.Module):

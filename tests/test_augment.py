@@ -238,3 +238,23 @@ def test_resolve_affine_errors():
         resolve_affine("color", (3, 32, 32))
     with pytest.raises(ValueError, match="needs images"):
         resolve_affine("cifar", (64,))
+
+
+@pytest.mark.parametrize("shape, photographic, affine, contrastive", [
+    ((1, 32, 32), None, "digits", "digits"),    # grey: the digits' defaults
+    ((1, 32, 32), True, "cifar", "cifar"),      # grey given the defaults for photographs
+    ((1, 96, 96), True, "mild", "large"),
+    ((3, 32, 32), None, "cifar", "cifar"),      # colour: photographs
+    ((3, 32, 32), False, "digits", "digits"),
+])
+def test_auto_views_follow_the_defaults_for_photographs(shape, photographic, affine,
+                                                        contrastive):
+    from skdccm.augment import (
+        AFFINE_PRESETS,
+        CONTRASTIVE_PRESETS,
+        resolve_affine,
+        resolve_contrastive,
+    )
+
+    assert resolve_affine("auto", shape, photographic) is AFFINE_PRESETS[affine]
+    assert resolve_contrastive("auto", shape, photographic) is CONTRASTIVE_PRESETS[contrastive]

@@ -351,3 +351,54 @@ def test_default_preset_trains_colour_images_for_fewer_epochs():
                           owner="test")
     spec = DCCMClustering(**common)._train_spec(PRESETS["default"], len(grey), layout)
     assert spec.max_epochs == PRESETS["default"]["max_iter"]
+
+
+# ---------------------------------------------------------------------------------------
+# the defaults for photographs on grey images with few a cluster (PHOTO_MAX_CLUSTER_SIZE)
+# ---------------------------------------------------------------------------------------
+
+
+def test_grey_images_with_few_a_cluster_take_the_defaults_for_photographs():
+    from skdccm import DCCMClustering
+    from skdccm.networks import SMALL_CNN_COLOUR_WIDTHS, SMALL_CNN_WIDTHS
+
+    side = dccm_module.SMALL_CNN_MIN_SIDE
+    rng = np.random.default_rng(0)
+    few = rng.random((3 * 20, side, side), dtype=np.float32)      # 20 images a cluster
+    many = rng.random((3 * (dccm_module.PHOTO_MAX_CLUSTER_SIZE + 1), side, side),
+                      dtype=np.float32)
+    common = {"n_clusters": 3, "max_iter": 1, "batch_size": 32, "target_batch_size": 64,
+              "random_state": 0}
+    photo = DCCMClustering(**common).fit(few)
+    strokes = DCCMClustering(**common).fit(many)
+    assert photo.photo_defaults_ and not strokes.photo_defaults_
+    # every colour default follows: warm start, neighbours in its features, wide network
+    assert photo.pretrain_epochs_ == 1 and strokes.pretrain_epochs_ == 0
+    assert (photo.neighbor_space_, strokes.neighbor_space_) == ("features", "pixels")
+    first_conv = next(m for m in photo.module_.backbone.modules()
+                      if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.out_channels == SMALL_CNN_COLOUR_WIDTHS[0]
+    first_conv = next(m for m in strokes.module_.backbone.modules()
+                      if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.out_channels == SMALL_CNN_WIDTHS[0]
+
+
+@pytest.mark.parametrize("shape, n, preset, expected", [
+    ((1, 32, 32), 400, "default", True),      # ORL-like: 10 images a cluster
+    ((1, 32, 32), 4001, "default", False),    # over PHOTO_MAX_CLUSTER_SIZE a cluster
+    ((1, 8, 8), 400, "default", False),       # under SMALL_CNN_MIN_SIDE: digit-sized
+    ((1, 32, 32), 400, "paper", False),       # the paper's settings stay as published
+    ((3, 32, 32), 100_000, "paper", True),    # colour images, whatever their number
+    ((64,), 400, "default", False),           # flat features
+])
+def test_which_images_take_the_defaults_for_photographs(shape, n, preset, expected):
+    from skdccm import DCCMClustering
+
+    assert DCCMClustering(n_clusters=40, preset=preset)._photo_defaults(shape, n) is expected
+
+
+def test_crlc_keeps_its_grey_defaults_for_few_images_a_cluster():
+    from skdccm import CRLCClustering
+
+    assert not CRLCClustering(n_clusters=40)._photo_defaults((1, 32, 32), 400)
+    assert CRLCClustering(n_clusters=40)._photo_defaults((3, 32, 32), 400)

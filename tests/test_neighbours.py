@@ -272,3 +272,15 @@ def test_auto_space_is_features_for_warm_started_colour_images_only(cls):
     assert fitted["grey"].neighbor_space_ == "pixels"
     assert fitted["colour, no warm start"].neighbor_space_ == "pixels"
     assert fitted["colour, no warm start"].n_neighbors_ == 0     # colour pixels: none
+
+
+def test_defaults_for_photographs_decide_the_neighbours_of_grey_images():
+    # Grey images given the defaults for photographs (DCCM: few images a cluster) are
+    # neighboured as colour images are: in the warm-started features, none in pixels.
+    grey = (1, 32, 32)
+    assert resolve_neighbour_space("auto", True, grey) == "pixels"
+    assert resolve_neighbour_space("auto", True, grey, photographic=True) == "features"
+    assert resolve_neighbour_space("auto", True, (3, 32, 32), photographic=False) == "pixels"
+    assert auto_neighbour_count(400, 40, grey) == 2
+    assert auto_neighbour_count(400, 40, grey, photographic=True) == 0
+    assert auto_neighbour_count(400, 40, grey, learned=True, photographic=True) == 2

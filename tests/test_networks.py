@@ -256,3 +256,15 @@ def test_custom_backbone_instance_is_not_trained_in_place(make_dccm, digit_image
     assert not all(torch.equal(before[k], trained[k]) for k in before)
     assert user.training  # not even switched to eval mode
     assert np.isfinite(est.predict_proba(digit_images[:3])).all()
+
+
+def test_small_cnn_widths_follow_the_defaults_for_photographs():
+    from skdccm.networks import SMALL_CNN_COLOUR_WIDTHS, SMALL_CNN_WIDTHS, build_backbone
+
+    def first_width(**kwargs):
+        net = build_backbone("small", kwargs.pop("shape"), **kwargs)
+        return next(m for m in net.modules() if isinstance(m, nn.Conv2d)).out_channels
+
+    assert first_width(shape=(1, 32, 32)) == SMALL_CNN_WIDTHS[0]
+    assert first_width(shape=(1, 32, 32), photographic=True) == SMALL_CNN_COLOUR_WIDTHS[0]
+    assert first_width(shape=(3, 32, 32)) == SMALL_CNN_COLOUR_WIDTHS[0]
