@@ -125,8 +125,9 @@ SMALL_CNN_MIN_SIDE = 16
 #: widths and epochs of colour images. With a few dozen images a cluster, pixel
 #: neighbours and the pseudo-graph have little to go on and the warm start's learned
 #: features help; the digit sets (180 to 930 images a cluster) keep their own defaults.
-#: ORL (400 faces, 10 a person), seeds 0-3: mean ACC 0.682 -> 0.756 (worst 0.650 -> 0.725)
-#: with grey fed as three channels; COIL-20 (72 a cluster): 0.793 -> 0.820 (BENCHMARKS.md).
+#: Seeds 0-4, one thread of an AVX2 EPYC, mean ACC (worst seed), every seed better:
+#: COIL-20 (72 images a cluster) 0.793 (0.741) -> 0.881 (0.809), ORL (400 faces, 10 a
+#: person) 0.682 (0.650) -> 0.738 (0.682). No part alone does it (BENCHMARKS.md).
 PHOTO_MAX_CLUSTER_SIZE = 100
 
 
