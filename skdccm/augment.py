@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .data import is_photographic
+
 
 @dataclass(frozen=True)
 class AffineAugmentation:
@@ -99,10 +101,9 @@ def resolve_affine(
     if name == "auto":
         if len(sample_shape) != 3:
             return None
-        channels, height, width = sample_shape
-        if not (channels > 1 if photographic is None else photographic):
+        if not is_photographic(sample_shape, photographic):
             return AFFINE_PRESETS["digits"]
-        return AFFINE_PRESETS["mild" if min(height, width) >= 64 else "cifar"]
+        return AFFINE_PRESETS["mild" if min(sample_shape[1:]) >= 64 else "cifar"]
     if name not in AFFINE_PRESETS:
         raise ValueError(
             f"unknown augmentation {name!r}; choose one of 'auto', "
@@ -420,10 +421,9 @@ def resolve_contrastive(
     if name == "auto":
         if len(sample_shape) != 3:
             return CONTRASTIVE_PRESETS["features"]
-        channels, height, width = sample_shape
-        if not (channels > 1 if photographic is None else photographic):
+        if not is_photographic(sample_shape, photographic):
             return CONTRASTIVE_PRESETS["digits"]
-        return CONTRASTIVE_PRESETS["large" if min(height, width) >= 64 else "cifar"]
+        return CONTRASTIVE_PRESETS["large" if min(sample_shape[1:]) >= 64 else "cifar"]
     if name not in CONTRASTIVE_PRESETS:
         raise ValueError(
             f"unknown augmentation {name!r}; choose one of 'auto', "

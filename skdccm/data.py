@@ -55,7 +55,7 @@ class InputLayout:
     @property
     def photographic(self) -> bool:
         """``photo_defaults``, or whether the samples are colour images when it is None."""
-        return is_colour(self.sample_shape) if self.photo_defaults is None else self.photo_defaults
+        return is_photographic(self.sample_shape, self.photo_defaults)
 
 
 def is_colour(sample_shape: tuple[int, ...]) -> bool:
@@ -74,6 +74,19 @@ def is_colour(sample_shape: tuple[int, ...]) -> bool:
     (True, False, False)
     """
     return len(sample_shape) == 3 and sample_shape[0] != 1
+
+
+def is_photographic(sample_shape: tuple[int, ...], photo_defaults: bool | None = None) -> bool:
+    """Whether samples of ``sample_shape`` take the defaults for photographs:
+    ``photo_defaults`` when given (``InputLayout.photo_defaults``), else colour images.
+
+    Examples
+    --------
+    >>> from skdccm.data import is_photographic
+    >>> is_photographic((1, 32, 32)), is_photographic((1, 32, 32), True)
+    (False, True)
+    """
+    return is_colour(sample_shape) if photo_defaults is None else photo_defaults
 
 
 def infer_layout(

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import ArraySource, is_colour
+from .data import ArraySource, is_photographic
 from .validation import check_int
 
 #: Dimensions kept by the PCA that precedes the neighbour search (pixel noise is spread over
@@ -71,7 +71,7 @@ def auto_neighbour_count(n_samples: int, n_clusters: int, sample_shape: tuple[in
     count = int(min(MAX_NEIGHBOURS, max(1, n_samples // (4 * max(n_clusters, 1)))))
     if learned:
         return count
-    if is_colour(sample_shape) if photographic is None else photographic:
+    if is_photographic(sample_shape, photographic):
         return 0
     if max_cluster_size is not None and n_samples > max_cluster_size * max(n_clusters, 1):
         return 0
@@ -128,8 +128,7 @@ def resolve_neighbour_space(spec: str, warm_start: bool, sample_shape: tuple[int
     """
     if spec != "auto":
         return spec
-    photo = is_colour(sample_shape) if photographic is None else photographic
-    return "features" if warm_start and photo else "pixels"
+    return "features" if warm_start and is_photographic(sample_shape, photographic) else "pixels"
 
 
 def principal_components(features: Tensor, n_components: int) -> Tensor:

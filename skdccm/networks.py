@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import is_colour
+from .data import is_photographic
 
 
 class DCCMOutput(NamedTuple):
@@ -309,8 +309,8 @@ def build_backbone(name: str, sample_shape: tuple[int, ...],
     if name == "conv":
         return ShallowAlexNet(sample_shape[0], sample_shape[1:])
     if name == "small":
-        wide = is_colour(sample_shape) if photographic is None else photographic
-        widths = SMALL_CNN_COLOUR_WIDTHS if wide else SMALL_CNN_WIDTHS
+        widths = (SMALL_CNN_COLOUR_WIDTHS if is_photographic(sample_shape, photographic)
+                  else SMALL_CNN_WIDTHS)
         return SmallCNN(sample_shape[0], widths)
     if name in RESNET_LAYERS:
         return ResNet(sample_shape[0], RESNET_LAYERS[name])
