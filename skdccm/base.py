@@ -11,6 +11,7 @@ import copy
 import numbers
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,8 +36,10 @@ from .data import (
     as_array,
     check_image_size,
     check_is_batch,
+    foreground_midtones,
     infer_layout,
     is_colour,
+    tone_shares,
     value_range,
 )
 from .distributed import SINGLE_PROCESS, Collective, resolve_strategy
@@ -162,8 +165,6 @@ class DeepClusteringBase(
             raise ValueError(f"{type(self).__name__}: n_samples={n_samples} should be >= "
                              f"n_clusters={self.n_clusters}; pass more samples or lower "
                              "n_clusters")
-        self.photo_defaults_ = self._photo_defaults(layout.sample_shape, n_samples)
-        layout = replace(layout, photo_defaults=self.photo_defaults_)
 
         device = resolve_device(self.device)
         collective, device = resolve_strategy(self.strategy, device, type(self).__name__)
@@ -176,6 +177,10 @@ class DeepClusteringBase(
         bounds = collective.max_(torch.tensor([-low, high], dtype=torch.float64,
                                              device=collective.device)).tolist()
         layout = _with_range(layout, (-bounds[0], bounds[1]))
+        self.photo_defaults_ = self._photo_defaults(
+            layout.sample_shape, n_samples,
+            lambda: _foreground_midtones(source, layout.value_range, collective))
+        layout = replace(layout, photo_defaults=self.photo_defaults_)
         source.layout = layout
 
         spec = self._with_min_steps(self._train_spec(params, n_samples, layout), params,
@@ -325,9 +330,13 @@ class DeepClusteringBase(
                     layout: InputLayout) -> TrainSpec:
         raise NotImplementedError
 
-    def _photo_defaults(self, sample_shape: tuple[int, ...], n_samples: int) -> bool:
+    def _photo_defaults(self, sample_shape: tuple[int, ...], n_samples: int,
+                        midtones: Callable[[], float]) -> bool:
         """Whether ``n_samples`` samples of ``sample_shape`` take the defaults chosen for
-        colour photographs (``InputLayout.photo_defaults``): colour images."""
+        colour photographs (``InputLayout.photo_defaults``): colour images.
+
+        ``midtones()`` reads the data once for the share of mid-tones in the images'
+        foreground (:func:`skdccm.data.foreground_midtones`), for a rule that needs it."""
         return is_colour(sample_shape)
 
     def _auto_warm_start(self, layout: InputLayout) -> bool:
@@ -590,6 +599,15 @@ def _on_device(module: nn.Module, device: torch.device) -> nn.Module:
 
 def _with_range(layout: InputLayout, bounds: tuple[float, float]) -> InputLayout:
     return replace(layout, value_range=bounds)
+
+
+def _foreground_midtones(source: ArraySource, value_range: tuple[float, float],
+                         collective: Collective) -> float:
+    """:func:`foreground_midtones` of the whole training data (data-parallel: the ranks'
+    shards weigh equally, as their sizes differ by one at most)."""
+    shares = collective.mean_(torch.tensor(tone_shares(source, value_range),
+                                           dtype=torch.float64, device=collective.device))
+    return foreground_midtones(*shares.tolist())
 
 
 def _shape_of(X) -> tuple[int, ...] | None:

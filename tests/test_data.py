@@ -290,3 +290,60 @@ def test_shuffled_batches_cover_every_sample_once_in_a_fixed_random_order():
     assert torch.equal(torch.random.get_rng_state(), state)
     assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))
     assert not torch.equal(torch.cat(shuffled_batches(1000, 128, seed=1)), order)
+
+
+# ---------------------------------------------------------------------------------------
+# tones: how much of the images' foreground is mid-tones (the photographs' defaults rule)
+# ---------------------------------------------------------------------------------------
+
+
+def test_tone_shares_count_the_pixels_within_the_margin_of_each_end():
+    from skdccm.data import TONE_MARGIN, tone_shares
+
+    # 10 values evenly over [0, 1]: within TONE_MARGIN of 0 are 0 and 0.1 (edge included)
+    values = np.linspace(0, 1, 11, dtype=np.float64)[:10].reshape(2, 1, 5).astype(np.float32)
+    values[1, 0, 4] = 1.0
+    source = ArraySource(values, layout_of(values.shape), CPU)
+    dark, light = tone_shares(source, (0.0, 1.0), batch_size=1)
+    z = values.astype(np.float64).ravel()
+    assert dark == pytest.approx(np.mean(z <= TONE_MARGIN + 1e-7))
+    assert light == pytest.approx(np.mean(z >= 1 - TONE_MARGIN - 1e-7))
+    assert (dark, light) == (pytest.approx(0.2), pytest.approx(0.1))
+
+
+def test_tone_shares_of_constant_images_leave_no_foreground():
+    from skdccm.data import foreground_midtones, tone_shares
+
+    flat = np.full((3, 4, 4), 0.5, dtype=np.float32)
+    shares = tone_shares(ArraySource(flat, layout_of(flat.shape), CPU), (0.5, 0.5))
+    assert foreground_midtones(*shares) == 0.0
+
+
+@pytest.mark.parametrize("dark, light, expected", [
+    (0.75, 0.125, 0.5),      # ink on black: half the ink is edges
+    (0.125, 0.75, 0.5),      # the same inverted (dark ink on white paper)
+    (0.0, 0.0, 1.0),         # all mid-tones
+    (0.5, 0.0, 1.0),         # a shaded object on black
+    (1.0, 0.0, 0.0),         # all background
+])
+def test_foreground_midtones_takes_the_commoner_end_as_background(dark, light, expected):
+    from skdccm.data import foreground_midtones
+
+    assert foreground_midtones(dark, light) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name, shaded", [
+    ("mnist5k", False), ("usps", False), ("coil20", True), ("orl", True),
+])
+def test_real_strokes_and_photographs_fall_either_side_of_the_midtone_threshold(name, shaded):
+    from skdccm.data import foreground_midtones, tone_shares
+    from skdccm.dccm import PHOTO_MIN_MIDTONES
+    from skdccm.suite import load_suite_set
+
+    try:
+        X, _ = load_suite_set(name, 1000)
+    except (FileNotFoundError, ImportError) as error:
+        pytest.skip(f"{name} is not available here: {error}")
+    source = ArraySource(X, layout_of(X.shape, X.dtype), CPU)
+    midtones = foreground_midtones(*tone_shares(source, value_range(source)))
+    assert (midtones >= PHOTO_MIN_MIDTONES) is shaded, midtones

@@ -383,22 +383,58 @@ def test_grey_images_with_few_a_cluster_take_the_defaults_for_photographs():
     assert first_conv.out_channels == SMALL_CNN_WIDTHS[0]
 
 
-@pytest.mark.parametrize("shape, n, preset, expected", [
-    ((1, 32, 32), 400, "default", True),      # ORL-like: 10 images a cluster
-    ((1, 32, 32), 4001, "default", False),    # over PHOTO_MAX_CLUSTER_SIZE a cluster
-    ((1, 8, 8), 400, "default", False),       # under SMALL_CNN_MIN_SIDE: digit-sized
-    ((1, 32, 32), 400, "paper", False),       # the paper's settings stay as published
-    ((3, 32, 32), 100_000, "paper", True),    # colour images, whatever their number
-    ((64,), 400, "default", False),           # flat features
-])
-def test_which_images_take_the_defaults_for_photographs(shape, n, preset, expected):
+def test_strokes_with_few_a_cluster_keep_the_grey_defaults():
+    """The same number of images a cluster as the shaded images above, but drawn: ink at
+    one end of the range on a background at the other, anti-aliased edges between."""
     from skdccm import DCCMClustering
 
-    assert DCCMClustering(n_clusters=40, preset=preset)._photo_defaults(shape, n) is expected
+    side = dccm_module.SMALL_CNN_MIN_SIDE
+    rng = np.random.default_rng(0)
+    strokes = np.zeros((3 * 20, side, side), dtype=np.float32)
+    strokes[:, 4:12, 6:9] = 1.0                    # a bar of ink
+    strokes[:, 4:12, 5] = strokes[:, 4:12, 9] = 0.5  # its anti-aliased edges
+    strokes += rng.normal(0, 0.01, strokes.shape).astype(np.float32)
+    shaded = np.clip(strokes + rng.uniform(0.2, 0.8, (len(strokes), 1, 1)), 0, 1)
+    common = {"n_clusters": 3, "max_iter": 1, "batch_size": 32, "target_batch_size": 64,
+              "random_state": 0}
+    assert not DCCMClustering(**common).fit(strokes).photo_defaults_
+    assert DCCMClustering(**common).fit(shaded.astype(np.float32)).photo_defaults_
+
+
+@pytest.mark.parametrize("shape, n, preset, midtones, expected", [
+    ((1, 32, 32), 400, "default", 0.99, True),      # ORL-like: 10 shaded faces a cluster
+    ((1, 32, 32), 400, "default", 0.50, False),     # strokes (MNIST-like foreground)
+    ((1, 32, 32), 4001, "default", 0.99, False),    # over PHOTO_MAX_CLUSTER_SIZE a cluster
+    ((1, 8, 8), 400, "default", 0.99, False),       # under SMALL_CNN_MIN_SIDE: digit-sized
+    ((1, 32, 32), 400, "paper", 0.99, False),       # the paper's settings stay as published
+    ((3, 32, 32), 100_000, "paper", 0.0, True),     # colour images, whatever they show
+    ((64,), 400, "default", 0.99, False),           # flat features
+])
+def test_which_images_take_the_defaults_for_photographs(shape, n, preset, midtones,
+                                                        expected):
+    from skdccm import DCCMClustering
+
+    estimator = DCCMClustering(n_clusters=40, preset=preset)
+    assert estimator._photo_defaults(shape, n, lambda: midtones) is expected
+
+
+def test_the_midtone_threshold_is_inclusive_and_read_only_when_needed():
+    from skdccm import DCCMClustering
+
+    estimator = DCCMClustering(n_clusters=40)
+    assert estimator._photo_defaults((1, 32, 32), 400, lambda: dccm_module.PHOTO_MIN_MIDTONES)
+    assert not estimator._photo_defaults(
+        (1, 32, 32), 400, lambda: np.nextafter(dccm_module.PHOTO_MIN_MIDTONES, 0))
+
+    def unread():
+        raise AssertionError("the data were read for a decision the shape already made")
+
+    assert not estimator._photo_defaults((1, 32, 32), 4001, unread)
+    assert estimator._photo_defaults((3, 32, 32), 400, unread)
 
 
 def test_crlc_keeps_its_grey_defaults_for_few_images_a_cluster():
     from skdccm import CRLCClustering
 
-    assert not CRLCClustering(n_clusters=40)._photo_defaults((1, 32, 32), 400)
-    assert CRLCClustering(n_clusters=40)._photo_defaults((3, 32, 32), 400)
+    assert not CRLCClustering(n_clusters=40)._photo_defaults((1, 32, 32), 400, lambda: 1.0)
+    assert CRLCClustering(n_clusters=40)._photo_defaults((3, 32, 32), 400, lambda: 0.0)
