@@ -37,6 +37,7 @@ from .data import (
     check_image_size,
     check_is_batch,
     foreground_midtones,
+    grey_photographs,
     infer_layout,
     is_colour,
     tone_shares,
@@ -333,11 +334,15 @@ class DeepClusteringBase(
     def _photo_defaults(self, sample_shape: tuple[int, ...], n_samples: int,
                         midtones: Callable[[], float]) -> bool:
         """Whether ``n_samples`` samples of ``sample_shape`` take the defaults chosen for
-        colour photographs (``InputLayout.photo_defaults``): colour images.
+        colour photographs (``InputLayout.photo_defaults``): colour images, and in the
+        ``"default"`` preset grey ones shaded like photographs with few a cluster
+        (:func:`skdccm.data.grey_photographs`).
 
         ``midtones()`` reads the data once for the share of mid-tones in the images'
-        foreground (:func:`skdccm.data.foreground_midtones`), for a rule that needs it."""
-        return is_colour(sample_shape)
+        foreground (:func:`skdccm.data.foreground_midtones`)."""
+        return is_colour(sample_shape) or (
+            self.preset == "default"
+            and grey_photographs(sample_shape, n_samples, self.n_clusters, midtones))
 
     def _auto_warm_start(self, layout: InputLayout) -> bool:
         """Whether ``pretrain_epochs="auto"`` warm-starts samples of ``layout``: those

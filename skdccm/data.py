@@ -9,6 +9,7 @@ once, as stored (uint8 stays uint8), when it fits.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +39,7 @@ class InputLayout:
     photo_defaults : bool or None
         Whether the defaults chosen for colour photographs apply (see :func:`is_colour`);
         None: for colour images only. An estimator sets it in ``fit`` once it knows the
-        number of images and clusters (DCCM: also for grey images with few a cluster).
+        number of images and clusters (:func:`grey_photographs`).
     """
 
     sample_shape: tuple[int, ...]
@@ -87,6 +88,51 @@ def is_photographic(sample_shape: tuple[int, ...], photo_defaults: bool | None =
     (False, True)
     """
     return is_colour(sample_shape) if photo_defaults is None else photo_defaults
+
+
+#: Grey images at least this many pixels a side may take the defaults for photographs
+#: (:func:`grey_photographs`); smaller ones are digit-sized.
+PHOTO_MIN_SIDE = 16
+
+#: ... with at most this many images a cluster on average. With a few dozen images a
+#: cluster, pixel neighbours and the pseudo-graph have little to go on and a warm start's
+#: learned features help; the digit sets (180 to 930 images a cluster) keep their own
+#: defaults. DCCM, seeds 0-4, one thread of an AVX2 EPYC, mean ACC (worst seed), every
+#: seed better: COIL-20 (72 images a cluster) 0.793 (0.741) -> 0.881 (0.809), ORL (400
+#: faces, 10 a person) 0.682 (0.650) -> 0.738 (0.682). No part alone does it
+#: (BENCHMARKS.md).
+PHOTO_MAX_CLUSTER_SIZE = 100
+
+#: ... whose foreground is at least this share mid-tones (:func:`foreground_midtones`):
+#: shaded like photographs (COIL-20 0.93, ORL 0.997), not strokes of ink (MNIST 0.50,
+#: USPS 0.56). On 1,000 MNIST images (100 a cluster) DCCM with the defaults for
+#: photographs lost to the grey ones on every seed (0.558 / 0.693 / 0.443 against 0.775 /
+#: 0.724 / 0.688, seeds 0-2; BENCHMARKS.md).
+PHOTO_MIN_MIDTONES = 0.75
+
+
+def grey_photographs(sample_shape: tuple[int, ...], n_samples: int, n_clusters: int,
+                     midtones: Callable[[], float]) -> bool:
+    """Whether grey images take the defaults for photographs in the ``"default"`` presets.
+
+    Grey images of ``PHOTO_MIN_SIDE`` pixels a side or more, at most
+    ``PHOTO_MAX_CLUSTER_SIZE`` images a cluster on average, whose foreground is at least
+    ``PHOTO_MIN_MIDTONES`` mid-tones: faces and objects photographed in grey, not digits
+    or other strokes of ink. ``midtones()`` (:func:`foreground_midtones` of the data) is
+    called only when the shape and the counts allow the rule.
+
+    Examples
+    --------
+    >>> from skdccm.data import grey_photographs
+    >>> grey_photographs((1, 32, 32), 400, 40, lambda: 0.99)   # ORL: 10 faces a person
+    True
+    >>> grey_photographs((1, 28, 28), 1000, 10, lambda: 0.50)  # 1,000 MNIST digits
+    False
+    """
+    return (len(sample_shape) == 3 and sample_shape[0] == 1
+            and min(sample_shape[1:]) >= PHOTO_MIN_SIDE
+            and n_samples <= PHOTO_MAX_CLUSTER_SIZE * n_clusters
+            and midtones() >= PHOTO_MIN_MIDTONES)
 
 
 def infer_layout(

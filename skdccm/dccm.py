@@ -9,7 +9,6 @@ views (Eq. 15).
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from torch import Tensor, nn
 from .augment import AffineAugmentation, dccm_view, resolve_affine, resolve_contrastive
 from .base import DeepClusteringBase, _as_list, check_pretrain_epochs
 from .budget import TimeBudget, TrialShare
-from .data import ArraySource, InputLayout, is_colour
+from .data import ArraySource, InputLayout
 from .distributed import SINGLE_PROCESS, Collective
 from .losses import (
     balance_loss,
@@ -118,25 +117,6 @@ INIT_SEED_STRIDE = 7919
 #: Images at least this many pixels a side get the small CNN under ``backbone="auto"`` in the
 #: ``"default"`` preset.
 SMALL_CNN_MIN_SIDE = 16
-
-#: Grey images of ``SMALL_CNN_MIN_SIDE`` pixels a side or more with at most this many images
-#: a cluster on average take the defaults for colour photographs in the ``"default"``
-#: preset (``InputLayout.photo_defaults``): a contrastive warm start with its views, the
-#: clustering stage's neighbours in the features it learned, the augmentation, network
-#: widths and epochs of colour images. With a few dozen images a cluster, pixel
-#: neighbours and the pseudo-graph have little to go on and the warm start's learned
-#: features help; the digit sets (180 to 930 images a cluster) keep their own defaults.
-#: Seeds 0-4, one thread of an AVX2 EPYC, mean ACC (worst seed), every seed better:
-#: COIL-20 (72 images a cluster) 0.793 (0.741) -> 0.881 (0.809), ORL (400 faces, 10 a
-#: person) 0.682 (0.650) -> 0.738 (0.682). No part alone does it (BENCHMARKS.md).
-PHOTO_MAX_CLUSTER_SIZE = 100
-
-#: ... and whose foreground is at least this share mid-tones
-#: (:func:`skdccm.data.foreground_midtones`): shaded like photographs (COIL-20 0.93, ORL
-#: 0.99), not strokes of ink (MNIST 0.50, USPS 0.56). On 1,000 MNIST images (100 a
-#: cluster) the defaults for photographs lost to the grey ones on every seed (0.558 /
-#: 0.693 against 0.775 / 0.724 / 0.688, seeds 0-2; BENCHMARKS.md).
-PHOTO_MIN_MIDTONES = 0.75
 
 
 def resolve_backbone(spec: Any, sample_shape: tuple[int, ...], preset: str) -> Any:
@@ -562,9 +542,9 @@ or instance
         Whether the fit took the defaults chosen for colour photographs (warm start, its
         views, feature neighbours, augmentation, network widths, epochs): for colour
         images, and in the ``"default"`` preset for grey images of 16 pixels a side or
-        more with at most 100 images a cluster on average (``PHOTO_MAX_CLUSTER_SIZE``)
-        whose foreground is mostly mid-tones (``PHOTO_MIN_MIDTONES``): faces and objects
-        photographed in grey, not digits or other strokes of ink.
+        more with at most 100 images a cluster on average whose foreground is mostly
+        mid-tones (:func:`skdccm.data.grey_photographs`): faces and objects photographed
+        in grey, not digits or other strokes of ink.
 
     See Also
     --------
@@ -714,18 +694,6 @@ or instance
             raise ValueError(f"{name}: pseudo_label_loss={params['pseudo_label_loss']!r}; "
                              "choose 'ce' or 'bce'")
         return params
-
-    def _photo_defaults(self, sample_shape: tuple[int, ...], n_samples: int,
-                        midtones: Callable[[], float]) -> bool:
-        """Colour images, and in the ``"default"`` preset grey images of
-        ``SMALL_CNN_MIN_SIDE`` pixels or more with at most ``PHOTO_MAX_CLUSTER_SIZE``
-        images a cluster on average whose foreground is shaded (``PHOTO_MIN_MIDTONES``)."""
-        if is_colour(sample_shape):
-            return True
-        return (self.preset == "default" and len(sample_shape) == 3
-                and min(sample_shape[1:]) >= SMALL_CNN_MIN_SIDE
-                and n_samples <= PHOTO_MAX_CLUSTER_SIZE * self.n_clusters
-                and midtones() >= PHOTO_MIN_MIDTONES)
 
     def _build(self, layout: InputLayout, params: dict[str, Any]) -> tuple[nn.Module, nn.Module]:
         backbone = make_backbone(resolve_backbone(self.backbone, layout.sample_shape,

@@ -59,3 +59,30 @@ def test_out_of_memory_at_every_size_gives_up_after_batches_of_one(fitted, monke
     retries = [str(w.message).rsplit("=", 1)[1] for w in caught
                if "out of memory" in str(w.message)]
     assert retries == ["32", "16", "8", "4", "2", "1"]
+
+
+def test_the_midtone_share_is_averaged_over_ranks():
+    """Data-parallel: each rank reads its shard; the rule must see the whole data's shares
+    (else ranks could disagree on the defaults and their networks would differ)."""
+    from skdccm.base import _foreground_midtones
+    from skdccm.data import ArraySource, foreground_midtones, infer_layout, tone_shares
+    from skdccm.distributed import SINGLE_PROCESS, Collective
+
+    rng = np.random.default_rng(0)
+    shard = rng.random((6, 16, 16), dtype=np.float32)
+    layout = infer_layout(shard.shape, shard.dtype, image_shape=None, channels=None,
+                          owner="test")
+    source = ArraySource(shard, layout, torch.device("cpu"))
+    local = tone_shares(source, (0.0, 1.0))
+    assert _foreground_midtones(source, (0.0, 1.0), SINGLE_PROCESS) == pytest.approx(
+        foreground_midtones(*local))
+
+    class OtherRankAllDark(Collective):
+        """Two ranks, the other one's shard all at the dark end."""
+
+        def mean_(self, tensor):
+            return tensor.add_(torch.tensor([1.0, 0.0], dtype=tensor.dtype)).div_(2)
+
+    averaged = _foreground_midtones(source, (0.0, 1.0), OtherRankAllDark())
+    assert averaged == pytest.approx(
+        foreground_midtones((local[0] + 1.0) / 2, local[1] / 2))

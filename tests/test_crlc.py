@@ -199,6 +199,10 @@ def test_auto_backbone_is_an_mlp_for_tiny_images(fitted):
     assert resolve_backbone("auto", (3, 16, 16)) == "small"   # colour
     assert resolve_backbone("auto", (3, 12, 32)) == "mlp"     # one side under 16
     assert resolve_backbone("resnet18", (1, 8, 8)) == "resnet18"
+    # grey photographs with few a cluster take the colour images' network
+    assert resolve_backbone("auto", (1, 28, 28), photographic=True) == "small"
+    assert resolve_backbone("auto", (1, 12, 32), photographic=True) == "mlp"
+    assert resolve_backbone("auto", (3, 32, 32), photographic=False) == "mlp"
 
 
 def test_conv_backbone_fits_and_embeds(digits):
@@ -425,3 +429,27 @@ def test_default_preset_trains_colour_images_for_fewer_epochs():
     assert planned(colour, max_iter=2) == 2
     assert planned(colour, preset="paper") == PRESETS["default"]["max_iter"]
     assert planned(grey) == PRESETS["default"]["max_iter"]
+
+
+def test_shaded_grey_images_with_few_a_cluster_take_the_defaults_for_photographs():
+    """CRLC follows the same rule as DCCM (skdccm.data.grey_photographs): the small CNN
+    with its colour widths and neighbours in the warm-started features."""
+    from skdccm.data import PHOTO_MIN_SIDE
+    from skdccm.networks import SMALL_CNN_COLOUR_WIDTHS
+
+    side = PHOTO_MIN_SIDE
+    rng = np.random.default_rng(0)
+    strokes = np.zeros((3 * 20, side, side), dtype=np.float32)
+    strokes[:, 4:12, 6:9] = 1.0                      # a bar of ink
+    strokes[:, 4:12, 5] = strokes[:, 4:12, 9] = 0.5  # its anti-aliased edges
+    shaded = np.clip(strokes + rng.uniform(0.2, 0.8, (len(strokes), 1, 1)), 0, 1)
+    common = {"n_clusters": 3, "max_iter": 1, "pretrain_epochs": 1, "batch_size": 32,
+              "random_state": 0}
+    photo = CRLCClustering(**common).fit(shaded.astype(np.float32))
+    drawn = CRLCClustering(**common).fit(strokes)
+    assert photo.photo_defaults_ and not drawn.photo_defaults_
+    assert isinstance(drawn.module_.backbone, MLP)
+    first_conv = next(m for m in photo.module_.backbone.modules()
+                      if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.out_channels == SMALL_CNN_COLOUR_WIDTHS[0]
+    assert (photo.neighbor_space_, drawn.neighbor_space_) == ("features", "pixels")

@@ -336,8 +336,7 @@ def test_foreground_midtones_takes_the_commoner_end_as_background(dark, light, e
     ("mnist5k", False), ("usps", False), ("coil20", True), ("orl", True),
 ])
 def test_real_strokes_and_photographs_fall_either_side_of_the_midtone_threshold(name, shaded):
-    from skdccm.data import foreground_midtones, tone_shares
-    from skdccm.dccm import PHOTO_MIN_MIDTONES
+    from skdccm.data import PHOTO_MIN_MIDTONES, foreground_midtones, tone_shares
     from skdccm.suite import load_suite_set
 
     try:

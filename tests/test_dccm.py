@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import skdccm.data as data_module
 import skdccm.dccm as dccm_module
 from skdccm.dccm import PRESETS
 from skdccm.networks import DCCMNetwork, ShallowAlexNet, SmallCNN
@@ -354,7 +355,7 @@ def test_default_preset_trains_colour_images_for_fewer_epochs():
 
 
 # ---------------------------------------------------------------------------------------
-# the defaults for photographs on grey images with few a cluster (PHOTO_MAX_CLUSTER_SIZE)
+# the defaults for photographs on grey images with few a cluster (data.grey_photographs)
 # ---------------------------------------------------------------------------------------
 
 
@@ -362,10 +363,10 @@ def test_grey_images_with_few_a_cluster_take_the_defaults_for_photographs():
     from skdccm import DCCMClustering
     from skdccm.networks import SMALL_CNN_COLOUR_WIDTHS, SMALL_CNN_WIDTHS
 
-    side = dccm_module.SMALL_CNN_MIN_SIDE
+    side = data_module.PHOTO_MIN_SIDE
     rng = np.random.default_rng(0)
     few = rng.random((3 * 20, side, side), dtype=np.float32)      # 20 images a cluster
-    many = rng.random((3 * (dccm_module.PHOTO_MAX_CLUSTER_SIZE + 1), side, side),
+    many = rng.random((3 * (data_module.PHOTO_MAX_CLUSTER_SIZE + 1), side, side),
                       dtype=np.float32)
     common = {"n_clusters": 3, "max_iter": 1, "batch_size": 32, "target_batch_size": 64,
               "random_state": 0}
@@ -388,7 +389,7 @@ def test_strokes_with_few_a_cluster_keep_the_grey_defaults():
     one end of the range on a background at the other, anti-aliased edges between."""
     from skdccm import DCCMClustering
 
-    side = dccm_module.SMALL_CNN_MIN_SIDE
+    side = data_module.PHOTO_MIN_SIDE
     rng = np.random.default_rng(0)
     strokes = np.zeros((3 * 20, side, side), dtype=np.float32)
     strokes[:, 4:12, 6:9] = 1.0                    # a bar of ink
@@ -405,26 +406,28 @@ def test_strokes_with_few_a_cluster_keep_the_grey_defaults():
     ((1, 32, 32), 400, "default", 0.99, True),      # ORL-like: 10 shaded faces a cluster
     ((1, 32, 32), 400, "default", 0.50, False),     # strokes (MNIST-like foreground)
     ((1, 32, 32), 4001, "default", 0.99, False),    # over PHOTO_MAX_CLUSTER_SIZE a cluster
-    ((1, 8, 8), 400, "default", 0.99, False),       # under SMALL_CNN_MIN_SIDE: digit-sized
+    ((1, 8, 8), 400, "default", 0.99, False),       # under PHOTO_MIN_SIDE: digit-sized
     ((1, 32, 32), 400, "paper", 0.99, False),       # the paper's settings stay as published
     ((3, 32, 32), 100_000, "paper", 0.0, True),     # colour images, whatever they show
     ((64,), 400, "default", 0.99, False),           # flat features
 ])
+@pytest.mark.parametrize("family", ["DCCMClustering", "CRLCClustering"])
 def test_which_images_take_the_defaults_for_photographs(shape, n, preset, midtones,
-                                                        expected):
-    from skdccm import DCCMClustering
+                                                        expected, family):
+    import skdccm
 
-    estimator = DCCMClustering(n_clusters=40, preset=preset)
+    estimator = getattr(skdccm, family)(n_clusters=40, preset=preset)
     assert estimator._photo_defaults(shape, n, lambda: midtones) is expected
 
 
-def test_the_midtone_threshold_is_inclusive_and_read_only_when_needed():
-    from skdccm import DCCMClustering
+@pytest.mark.parametrize("family", ["DCCMClustering", "CRLCClustering"])
+def test_the_midtone_threshold_is_inclusive_and_read_only_when_needed(family):
+    import skdccm
 
-    estimator = DCCMClustering(n_clusters=40)
-    assert estimator._photo_defaults((1, 32, 32), 400, lambda: dccm_module.PHOTO_MIN_MIDTONES)
+    estimator = getattr(skdccm, family)(n_clusters=40)
+    assert estimator._photo_defaults((1, 32, 32), 400, lambda: data_module.PHOTO_MIN_MIDTONES)
     assert not estimator._photo_defaults(
-        (1, 32, 32), 400, lambda: np.nextafter(dccm_module.PHOTO_MIN_MIDTONES, 0))
+        (1, 32, 32), 400, lambda: np.nextafter(data_module.PHOTO_MIN_MIDTONES, 0))
 
     def unread():
         raise AssertionError("the data were read for a decision the shape already made")
@@ -432,9 +435,3 @@ def test_the_midtone_threshold_is_inclusive_and_read_only_when_needed():
     assert not estimator._photo_defaults((1, 32, 32), 4001, unread)
     assert estimator._photo_defaults((3, 32, 32), 400, unread)
 
-
-def test_crlc_keeps_its_grey_defaults_for_few_images_a_cluster():
-    from skdccm import CRLCClustering
-
-    assert not CRLCClustering(n_clusters=40)._photo_defaults((1, 32, 32), 400, lambda: 1.0)
-    assert CRLCClustering(n_clusters=40)._photo_defaults((3, 32, 32), 400, lambda: 0.0)
