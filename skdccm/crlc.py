@@ -83,7 +83,9 @@ COLOUR_MAX_ITER = 40
 HEAD_SELECTION_SEED = 0
 
 
-#: Images smaller than this on a side get the MLP under ``backbone="auto"``.
+#: Images smaller than this on a side get the MLP under ``backbone="auto"``. Chosen for the
+#: network, apart from ``data.PHOTO_MIN_SIDE`` (the rule for grey photographs), which happens
+#: to share the value.
 SMALL_IMAGE = 16
 
 #: Grey images up to this many pixels a side (digits, characters) get the MLP too.

@@ -91,7 +91,8 @@ def is_photographic(sample_shape: tuple[int, ...], photo_defaults: bool | None =
 
 
 #: Grey images at least this many pixels a side may take the defaults for photographs
-#: (:func:`grey_photographs`); smaller ones are digit-sized.
+#: (:func:`grey_photographs`); smaller ones are digit-sized. The networks' own thresholds
+#: (``dccm.SMALL_CNN_MIN_SIDE``, ``crlc.SMALL_IMAGE``) are separate choices that share the value.
 PHOTO_MIN_SIDE = 16
 
 #: ... with at most this many images a cluster on average. With a few dozen images a
@@ -408,6 +409,8 @@ def tone_shares(source: ArraySource, value_range: tuple[float, float],
     """Shares of all pixels at the dark end and at the light end of ``value_range``
     (within ``TONE_MARGIN`` of it), read batch by batch."""
     low, high = value_range
+    if high <= low:  # constant images: every pixel is at both ends; no foreground
+        return 1.0, 1.0
     margin = TONE_MARGIN * (high - low)
     dark = light = 0.0
     total = 0
@@ -415,8 +418,6 @@ def tone_shares(source: ArraySource, value_range: tuple[float, float],
         dark += float((batch <= low + margin).sum())
         light += float((batch >= high - margin).sum())
         total += batch.numel()
-    if high <= low:  # constant images: every pixel is at both ends; no foreground
-        return 1.0, 1.0
     return dark / total, light / total
 
 

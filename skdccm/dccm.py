@@ -115,7 +115,8 @@ COLOUR_MAX_ITER = 25
 INIT_SEED_STRIDE = 7919
 
 #: Images at least this many pixels a side get the small CNN under ``backbone="auto"`` in the
-#: ``"default"`` preset.
+#: ``"default"`` preset. Chosen for the network, apart from ``data.PHOTO_MIN_SIDE`` (the rule
+#: for grey photographs), which happens to share the value.
 SMALL_CNN_MIN_SIDE = 16
 
 
