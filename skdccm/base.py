@@ -90,6 +90,12 @@ def check_pretrain_epochs(value: Any, owner: str) -> None:
     check_int(value, "pretrain_epochs", owner, minimum=0, auto=True)
 
 
+def check_photo_defaults(value: Any, owner: str) -> None:
+    """``photo_defaults`` must be ``"auto"``, True or False."""
+    if not (isinstance(value, bool | np.bool_) or (isinstance(value, str) and value == "auto")):
+        raise ValueError(f"{owner}: photo_defaults={value!r}; choose 'auto', True or False")
+
+
 def resolve_pretrain_epochs(value: Any, cluster_epochs: int, auto_warm_start: bool) -> int:
     """``pretrain_epochs`` as a count: ``"auto"`` is ``PRETRAIN_SHARE`` of the clustering
     stage's epochs (at least 1) where the estimator warm-starts such data
@@ -158,6 +164,7 @@ class DeepClusteringBase(
         budget = TimeBudget(_check_max_time(self.max_time, type(self).__name__),
                             final_passes=self._final_passes)
         params = self._resolved_params()
+        check_photo_defaults(self.photo_defaults, type(self).__name__)
         check_neighbour_space(self.neighbor_space, params["pretrain_epochs"] != 0,
                               type(self).__name__)
         X, layout = self._validate_input(X, reset=True)
@@ -339,7 +346,14 @@ class DeepClusteringBase(
         (:func:`skdccm.data.grey_photographs`).
 
         ``midtones()`` reads the data once for the share of mid-tones in the images'
-        foreground (:func:`skdccm.data.foreground_midtones`)."""
+        foreground (:func:`skdccm.data.foreground_midtones`). ``photo_defaults=True`` or
+        ``False`` decides instead."""
+        if self.photo_defaults != "auto":
+            if self.photo_defaults and len(sample_shape) != 3:
+                raise ValueError(f"{type(self).__name__}: photo_defaults=True needs images; X "
+                                 "holds flat features (pass image_shape, or leave "
+                                 "photo_defaults='auto')")
+            return bool(self.photo_defaults)
         return is_colour(sample_shape) or (
             self.preset == "default"
             and grey_photographs(sample_shape, n_samples, self.n_clusters, midtones))
@@ -569,7 +583,8 @@ class DeepClusteringBase(
         """What a checkpoint must match to be resumed by this fit."""
         return {"estimator": type(self).__name__, "n_clusters": int(self.n_clusters),
                 "sample_shape": list(layout.sample_shape),
-                "backbone": str(self.backbone), "preset": str(self.preset)}
+                "backbone": str(self.backbone), "preset": str(self.preset),
+                "photo_defaults": bool(layout.photographic)}
 
 
 #: Each fitted network's copies on other devices, for prediction, keyed by the network:

@@ -449,6 +449,14 @@ class or instance, default=None
         or more, ``"cifar"`` otherwise, ``"features"`` for flat features), ``"cifar"``,
         ``"large"`` (with Gaussian blur), ``"digits"``, ``"features"``, ``"none"`` or an
         :class:`~skdccm.augment.ContrastiveAugmentation`.
+    photo_defaults : "auto" or bool, default="auto"
+        Whether the ``"auto"`` settings take the choices made for colour photographs (the
+        views, feature neighbours, the small CNN with its colour widths, epochs) rather
+        than those for digits. ``"auto"``: colour images, and in the ``"default"`` preset
+        grey images shaded like photographs with at most 100 a cluster (see
+        ``photo_defaults_``). True or False decides for any images, e.g. for grey
+        photographs with more images a cluster, or scans that the rule takes for
+        photographs. Parameters you set still win.
     device : str, default="auto"
         ``"auto"`` picks CUDA, then Apple MPS, then CPU.
     precision : {"auto", "float32", "bf16", "fp16"}, default="auto"
@@ -536,11 +544,11 @@ class or instance, default=None
         Where they were mined (``neighbor_space`` resolved).
     photo_defaults_ : bool
         Whether the fit took the defaults chosen for colour photographs (views, feature
-        neighbours, the small CNN with its colour widths, epochs): for colour images, and
-        in the ``"default"`` preset for grey images of 16 pixels a side or more with at
-        most 100 images a cluster on average whose foreground is mostly mid-tones
-        (:func:`skdccm.data.grey_photographs`): faces and objects photographed in grey,
-        not digits or other strokes of ink.
+        neighbours, the small CNN with its colour widths, epochs): ``photo_defaults`` when
+        True or False; under ``"auto"`` for colour images, and in the ``"default"`` preset
+        for grey images of 16 pixels a side or more with at most 100 images a cluster on
+        average whose foreground is mostly mid-tones (:func:`skdccm.data.grey_photographs`):
+        faces and objects photographed in grey, not digits or other strokes of ink.
 
     See Also
     --------
@@ -608,6 +616,7 @@ class or instance, default=None
         neighbor_space: str = "auto",
         min_steps: int | str | None = None,
         augmentation: Any = "auto",
+        photo_defaults: bool | str = "auto",
         device: str = "auto",
         precision: str = "auto",
         compile: bool = False,
@@ -650,6 +659,7 @@ class or instance, default=None
         self.neighbor_space = neighbor_space
         self.min_steps = min_steps
         self.augmentation = augmentation
+        self.photo_defaults = photo_defaults
         self.device = device
         self.precision = precision
         self.compile = compile

@@ -454,6 +454,14 @@ or instance
         given their defaults (``photo_defaults_``) of 64 pixels or more, ``"cifar"`` for
         the others of them, none for flat features), ``"cifar"``, ``"mild"``,
         ``"digits"``, ``"none"``, or an :class:`~skdccm.augment.AffineAugmentation`.
+    photo_defaults : "auto" or bool, default="auto"
+        Whether the ``"auto"`` settings take the choices made for colour photographs (warm
+        start, its views, feature neighbours, augmentation, network widths, epochs) rather
+        than those for digits. ``"auto"``: colour images, and in the ``"default"`` preset
+        grey images shaded like photographs with at most 100 a cluster (see
+        ``photo_defaults_``). True or False decides for any images, e.g. for grey
+        photographs with more images a cluster, or scans that the rule takes for
+        photographs. Parameters you set still win.
     device : str, default="auto"
         ``"auto"`` picks CUDA, then Apple MPS, then CPU.
     precision : {"auto", "float32", "bf16", "fp16"}, default="auto"
@@ -541,11 +549,12 @@ or instance
         Where they were mined (``neighbor_space`` resolved).
     photo_defaults_ : bool
         Whether the fit took the defaults chosen for colour photographs (warm start, its
-        views, feature neighbours, augmentation, network widths, epochs): for colour
-        images, and in the ``"default"`` preset for grey images of 16 pixels a side or
-        more with at most 100 images a cluster on average whose foreground is mostly
-        mid-tones (:func:`skdccm.data.grey_photographs`): faces and objects photographed
-        in grey, not digits or other strokes of ink.
+        views, feature neighbours, augmentation, network widths, epochs): ``photo_defaults``
+        when True or False; under ``"auto"`` for colour images, and in the ``"default"``
+        preset for grey images of 16 pixels a side or more with at most 100 images a cluster
+        on average whose foreground is mostly mid-tones
+        (:func:`skdccm.data.grey_photographs`): faces and objects photographed in grey, not
+        digits or other strokes of ink.
 
     See Also
     --------
@@ -604,6 +613,7 @@ or instance
         min_steps: int | str | None = None,
         ablation: str | None = None,
         augmentation: Any = "auto",
+        photo_defaults: bool | str = "auto",
         device: str = "auto",
         precision: str = "auto",
         compile: bool = False,
@@ -651,6 +661,7 @@ or instance
         self.min_steps = min_steps
         self.ablation = ablation
         self.augmentation = augmentation
+        self.photo_defaults = photo_defaults
         self.device = device
         self.precision = precision
         self.compile = compile

@@ -86,3 +86,69 @@ def test_the_midtone_share_is_averaged_over_ranks():
     averaged = _foreground_midtones(source, (0.0, 1.0), OtherRankAllDark())
     assert averaged == pytest.approx(
         foreground_midtones((local[0] + 1.0) / 2, local[1] / 2))
+
+
+# ---------------------------------------------------------------------------------------
+# photo_defaults: the user's word over the rule (data.grey_photographs)
+# ---------------------------------------------------------------------------------------
+
+
+def _strokes_and_shaded(n_per_cluster: int = 20, n_clusters: int = 3):
+    """Grey images the rule sorts apart: bars of ink on black (strokes), and the same bars
+    lifted into mid-tones (shaded like photographs)."""
+    from skdccm.data import PHOTO_MIN_SIDE
+
+    side = PHOTO_MIN_SIDE
+    rng = np.random.default_rng(0)
+    strokes = np.zeros((n_clusters * n_per_cluster, side, side), dtype=np.float32)
+    strokes[:, 4:12, 6:9] = 1.0                      # a bar of ink
+    strokes[:, 4:12, 5] = strokes[:, 4:12, 9] = 0.5  # its anti-aliased edges
+    shaded = np.clip(strokes + rng.uniform(0.2, 0.8, (len(strokes), 1, 1)), 0, 1)
+    return strokes, shaded.astype(np.float32)
+
+
+@pytest.mark.parametrize("estimator", ["dccm", "crlc"])
+def test_photo_defaults_true_or_false_overrides_the_rule(estimator):
+    from skdccm import CRLCClustering
+
+    cls = DCCMClustering if estimator == "dccm" else CRLCClustering
+    strokes, shaded = _strokes_and_shaded()
+    common = {"n_clusters": 3, "max_iter": 1, "pretrain_epochs": 1, "batch_size": 32,
+              "random_state": 0}
+    assert not cls(**common).fit(strokes).photo_defaults_       # the rule: strokes
+    forced = cls(photo_defaults=True, **common).fit(strokes)
+    assert forced.photo_defaults_ and forced.neighbor_space_ == "features"
+    assert cls(**common).fit(shaded).photo_defaults_             # the rule: photographs
+    kept = cls(photo_defaults=False, **common).fit(shaded)
+    assert not kept.photo_defaults_ and kept.neighbor_space_ == "pixels"
+    # also in the paper's preset, where "auto" never gives grey images these defaults
+    paper = cls(preset="paper", photo_defaults=True, **common).fit(strokes)
+    assert paper.photo_defaults_
+
+
+@pytest.mark.parametrize("estimator", ["dccm", "crlc"])
+@pytest.mark.parametrize("value", ["yes", 1, None, "Auto"])
+def test_photo_defaults_rejects_anything_but_auto_or_a_bool(estimator, value):
+    from skdccm import CRLCClustering
+
+    cls = DCCMClustering if estimator == "dccm" else CRLCClustering
+    strokes, _ = _strokes_and_shaded()
+    with pytest.raises(ValueError, match="photo_defaults="):
+        cls(n_clusters=3, max_iter=1, photo_defaults=value).fit(strokes)
+
+
+def test_photo_defaults_true_needs_images():
+    X = np.random.default_rng(0).random((30, 5)).astype(np.float32)
+    with pytest.raises(ValueError, match="needs images; X holds flat features"):
+        DCCMClustering(n_clusters=3, max_iter=1, photo_defaults=True).fit(X)
+    assert not DCCMClustering(n_clusters=3, max_iter=1, photo_defaults=False,
+                              random_state=0).fit(X).photo_defaults_
+
+
+def test_a_checkpoint_resumes_only_under_the_same_photo_defaults(tmp_path):
+    strokes, _ = _strokes_and_shaded()
+    common = {"n_clusters": 3, "max_iter": 1, "pretrain_epochs": 0, "batch_size": 32,
+              "checkpoint_dir": tmp_path, "random_state": 0}
+    DCCMClustering(**common).fit(strokes)
+    with pytest.raises(ValueError, match="different configuration"):
+        DCCMClustering(photo_defaults=True, resume=True, **common).fit(strokes)
