@@ -64,3 +64,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def strokes_and_shaded():
+    """Grey images the photographs rule (``skdccm.data.grey_photographs``) sorts apart, 20
+    a cluster for 3 clusters: bars of ink on black with anti-aliased edges (strokes), and
+    the same bars lifted into mid-tones (shaded like photographs)."""
+    from skdccm.data import PHOTO_MIN_SIDE
+
+    side = PHOTO_MIN_SIDE
+    rng = np.random.default_rng(0)
+    strokes = np.zeros((3 * 20, side, side), dtype=np.float32)
+    strokes[:, 4:12, 6:9] = 1.0                      # a bar of ink
+    strokes[:, 4:12, 5] = strokes[:, 4:12, 9] = 0.5  # its anti-aliased edges
+    shaded = np.clip(strokes + rng.uniform(0.2, 0.8, (len(strokes), 1, 1)), 0, 1)
+    return strokes, shaded.astype(np.float32)

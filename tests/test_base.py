@@ -93,26 +93,12 @@ def test_the_midtone_share_is_averaged_over_ranks():
 # ---------------------------------------------------------------------------------------
 
 
-def _strokes_and_shaded(n_per_cluster: int = 20, n_clusters: int = 3):
-    """Grey images the rule sorts apart: bars of ink on black (strokes), and the same bars
-    lifted into mid-tones (shaded like photographs)."""
-    from skdccm.data import PHOTO_MIN_SIDE
-
-    side = PHOTO_MIN_SIDE
-    rng = np.random.default_rng(0)
-    strokes = np.zeros((n_clusters * n_per_cluster, side, side), dtype=np.float32)
-    strokes[:, 4:12, 6:9] = 1.0                      # a bar of ink
-    strokes[:, 4:12, 5] = strokes[:, 4:12, 9] = 0.5  # its anti-aliased edges
-    shaded = np.clip(strokes + rng.uniform(0.2, 0.8, (len(strokes), 1, 1)), 0, 1)
-    return strokes, shaded.astype(np.float32)
-
-
 @pytest.mark.parametrize("estimator", ["dccm", "crlc"])
-def test_photo_defaults_true_or_false_overrides_the_rule(estimator):
+def test_photo_defaults_true_or_false_overrides_the_rule(estimator, strokes_and_shaded):
     from skdccm import CRLCClustering
 
     cls = DCCMClustering if estimator == "dccm" else CRLCClustering
-    strokes, shaded = _strokes_and_shaded()
+    strokes, shaded = strokes_and_shaded
     common = {"n_clusters": 3, "max_iter": 1, "pretrain_epochs": 1, "batch_size": 32,
               "random_state": 0}
     assert not cls(**common).fit(strokes).photo_defaults_       # the rule: strokes
@@ -128,11 +114,12 @@ def test_photo_defaults_true_or_false_overrides_the_rule(estimator):
 
 @pytest.mark.parametrize("estimator", ["dccm", "crlc"])
 @pytest.mark.parametrize("value", ["yes", 1, None, "Auto"])
-def test_photo_defaults_rejects_anything_but_auto_or_a_bool(estimator, value):
+def test_photo_defaults_rejects_anything_but_auto_or_a_bool(estimator, value,
+                                                             strokes_and_shaded):
     from skdccm import CRLCClustering
 
     cls = DCCMClustering if estimator == "dccm" else CRLCClustering
-    strokes, _ = _strokes_and_shaded()
+    strokes, _ = strokes_and_shaded
     with pytest.raises(ValueError, match="photo_defaults="):
         cls(n_clusters=3, max_iter=1, photo_defaults=value).fit(strokes)
 
@@ -145,8 +132,8 @@ def test_photo_defaults_true_needs_images():
                               random_state=0).fit(X).photo_defaults_
 
 
-def test_a_checkpoint_resumes_only_under_the_same_photo_defaults(tmp_path):
-    strokes, _ = _strokes_and_shaded()
+def test_a_checkpoint_resumes_only_under_the_same_photo_defaults(tmp_path, strokes_and_shaded):
+    strokes, _ = strokes_and_shaded
     common = {"n_clusters": 3, "max_iter": 1, "pretrain_epochs": 0, "batch_size": 32,
               "checkpoint_dir": tmp_path, "random_state": 0}
     DCCMClustering(**common).fit(strokes)

@@ -431,21 +431,16 @@ def test_default_preset_trains_colour_images_for_fewer_epochs():
     assert planned(grey) == PRESETS["default"]["max_iter"]
 
 
-def test_shaded_grey_images_with_few_a_cluster_take_the_defaults_for_photographs():
+def test_shaded_grey_images_with_few_a_cluster_take_the_defaults_for_photographs(
+        strokes_and_shaded):
     """CRLC follows the same rule as DCCM (skdccm.data.grey_photographs): the small CNN
     with its colour widths and neighbours in the warm-started features."""
-    from skdccm.data import PHOTO_MIN_SIDE
     from skdccm.networks import SMALL_CNN_COLOUR_WIDTHS
 
-    side = PHOTO_MIN_SIDE
-    rng = np.random.default_rng(0)
-    strokes = np.zeros((3 * 20, side, side), dtype=np.float32)
-    strokes[:, 4:12, 6:9] = 1.0                      # a bar of ink
-    strokes[:, 4:12, 5] = strokes[:, 4:12, 9] = 0.5  # its anti-aliased edges
-    shaded = np.clip(strokes + rng.uniform(0.2, 0.8, (len(strokes), 1, 1)), 0, 1)
+    strokes, shaded = strokes_and_shaded
     common = {"n_clusters": 3, "max_iter": 1, "pretrain_epochs": 1, "batch_size": 32,
               "random_state": 0}
-    photo = CRLCClustering(**common).fit(shaded.astype(np.float32))
+    photo = CRLCClustering(**common).fit(shaded)
     drawn = CRLCClustering(**common).fit(strokes)
     assert photo.photo_defaults_ and not drawn.photo_defaults_
     assert isinstance(drawn.module_.backbone, MLP)
