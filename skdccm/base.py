@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from .budget import StageShare, TimeBudget
 from .data import (
+    PHOTO_MAX_CLUSTER_SIZE,
     ArraySource,
     InputLayout,
     as_array,
@@ -44,6 +45,7 @@ from .data import (
     value_range,
 )
 from .distributed import SINGLE_PROCESS, Collective, resolve_strategy
+from .metrics import clustering_accuracy
 from .neighbours import (
     check_neighbour_space,
     feature_neighbours,
@@ -51,6 +53,7 @@ from .neighbours import (
     resolve_neighbour_count,
     resolve_neighbour_space,
 )
+from .refinement import GRAPH_NEIGHBOURS, linear_head, spectral_labels
 from .training import (
     TrainResult,
     TrainSpec,
@@ -94,6 +97,12 @@ def check_photo_defaults(value: Any, owner: str) -> None:
     """``photo_defaults`` must be ``"auto"``, True or False."""
     if not (isinstance(value, bool | np.bool_) or (isinstance(value, str) and value == "auto")):
         raise ValueError(f"{owner}: photo_defaults={value!r}; choose 'auto', True or False")
+
+
+def check_refine(value: Any, owner: str) -> None:
+    """``refine`` must be ``"auto"``, ``"spectral"`` or None."""
+    if not (value is None or (isinstance(value, str) and value in ("auto", "spectral"))):
+        raise ValueError(f"{owner}: refine={value!r}; choose 'auto', 'spectral' or None")
 
 
 def resolve_pretrain_epochs(value: Any, cluster_epochs: int, auto_warm_start: bool) -> int:
@@ -165,6 +174,7 @@ class DeepClusteringBase(
                             final_passes=self._final_passes)
         params = self._resolved_params()
         check_photo_defaults(self.photo_defaults, type(self).__name__)
+        check_refine(self.refine, type(self).__name__)
         check_neighbour_space(self.neighbor_space, params["pretrain_epochs"] != 0,
                               type(self).__name__)
         X, layout = self._validate_input(X, reset=True)
@@ -231,6 +241,11 @@ class DeepClusteringBase(
         self.n_iter_ = result.n_epochs
         self.stopped_by_time_ = budget.cut_short
         self.preset_params_ = preset_params
+        self.refine_ = self._resolve_refine(layout, n_samples, shard is None,
+                                            result.interrupted)
+        self.refine_agreement_ = None
+        if self.refine_:
+            self._refine_head(local, layout, seed)
         # Number clusters by decreasing size on the training data: labels are then
         # consecutive from 0 even when some clusters end up empty.
         proba, _ = self._infer_array(local, layout, want_embedding=False)
@@ -441,6 +456,53 @@ class DeepClusteringBase(
         """Permute the clustering head's outputs so that new cluster j is old ``order[j]``."""
         raise NotImplementedError
 
+    def _head_input(self, module: nn.Module, batch: Tensor) -> Tensor:
+        """The input ``(B, D)`` of the clustering head's last linear layer, in eval mode."""
+        raise NotImplementedError
+
+    def _set_head(self, module: nn.Module, weight: Tensor, bias: Tensor) -> None:
+        """Make the clustering head's logits ``head_input @ weight.T + bias`` (K rows)."""
+        raise NotImplementedError
+
+    def _resolve_refine(self, layout: InputLayout, n_samples: int, single_process: bool,
+                        interrupted: bool) -> bool:
+        """Whether this fit ends with graph refinement (``refine``): ``"auto"`` refines
+        images that take the defaults for photographs in the ``"default"`` preset (the
+        papers' presets keep their heads) with at most ``PHOTO_MAX_CLUSTER_SIZE`` samples
+        a cluster on average. A data-parallel rank sees its shard only and an interrupted
+        fit stops at once, so neither refines."""
+        if self.refine is None or interrupted:
+            return False
+        if not single_process:
+            if self.refine == "spectral":
+                warnings.warn(f"{type(self).__name__}: refine='spectral' needs all samples "
+                              "in one process; a data-parallel fit keeps its head unrefined",
+                              UserWarning, stacklevel=3)
+            return False
+        return self.refine == "spectral" or (
+            self.preset == "default" and layout.photographic
+            and n_samples <= PHOTO_MAX_CLUSTER_SIZE * self.n_clusters)
+
+    def _refine_head(self, X: np.ndarray, layout: InputLayout, seed: int) -> None:
+        """Spectral labels on the head's input features of the training data, written back
+        as the head's last layer (:mod:`skdccm.refinement`); ``refine_agreement_`` is the
+        share of samples that keep their cluster (clusters matched one to one)."""
+        device = self._inference_device()
+        module = _on_device(self.module_, device).eval()
+        probas, features = self._stream(
+            module, ArraySource(X, layout, device), int(self.predict_batch_size),
+            want_embedding=True,
+            infer=lambda m, batch: (self._infer(m, batch)[0], self._head_input(m, batch)))
+        labels = spectral_labels(features, self.n_clusters, random_state=seed)
+        weight, bias = linear_head(features, labels, self.n_clusters)
+        self._set_head(self.module_, torch.from_numpy(weight), torch.from_numpy(bias))
+        _DEVICE_COPIES.pop(self.module_, None)
+        self.refine_agreement_ = float(clustering_accuracy(probas.argmax(axis=1), labels))
+        if self.verbose:
+            print(f"refine: spectral labels on a {GRAPH_NEIGHBOURS}-neighbour graph of the "
+                  f"head's input; {self.refine_agreement_:.1%} of samples keep their cluster",
+                  flush=True)
+
     # ------------------------------------------------------------------------------------
     # shared helpers
     # ------------------------------------------------------------------------------------
@@ -538,7 +600,11 @@ class DeepClusteringBase(
                               f"predict_batch_size={batch_size}", RuntimeWarning, stacklevel=3)
 
     def _stream(self, module: nn.Module, source: ArraySource, batch_size: int,
-                want_embedding: bool) -> tuple[np.ndarray, np.ndarray | None]:
+                want_embedding: bool,
+                infer: Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]] | None = None,
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``infer`` (default ``_infer``) of every batch of ``source``, as arrays."""
+        infer = infer or self._infer
         # Outputs are written into preallocated arrays: a list of per-batch arrays fragments
         # the heap and makes peak memory grow with n (benchmarks/memory.py).
         probas: np.ndarray | None = None
@@ -558,7 +624,7 @@ class DeepClusteringBase(
                 if n_rows < MIN_INFER_ROWS:
                     copies = -(-MIN_INFER_ROWS // n_rows)
                     batch = batch.repeat(copies, *([1] * (batch.dim() - 1)))  # (copies*B, ...)
-                proba, embedding = self._infer(module, batch)
+                proba, embedding = infer(module, batch)
                 proba, embedding = proba[:n_rows], embedding[:n_rows]
                 if probas is None:
                     probas = np.empty((len(source), proba.shape[1]), dtype=np.float32)

@@ -462,6 +462,17 @@ or instance
         ``photo_defaults_``). True or False decides for any images, e.g. for grey
         photographs with more images a cluster, or scans that the rule takes for
         photographs. Parameters you set still win.
+    refine : {"auto", "spectral"} or None, default="auto"
+        How training ends. ``"spectral"``: spectral clustering of the training data on the
+        10-nearest-neighbour graph of the clustering head's input, then a new last layer
+        for the head, fitted to reproduce those clusters (:mod:`skdccm.refinement`), so
+        that ``predict`` stays one forward pass and ``labels_`` is its argmax. It follows
+        clusters that curve through the feature space (an object seen from turning angles,
+        one person's faces), which the softmax head cuts with hyperplanes. ``"auto"``:
+        ``"spectral"`` for images given the defaults for photographs (``photo_defaults_``)
+        in the ``"default"`` preset with at most 100 a cluster on average, None otherwise.
+        None: the trained head as it is (the paper). A data-parallel or interrupted fit is
+        not refined.
     device : str, default="auto"
         ``"auto"`` picks CUDA, then Apple MPS, then CPU.
     precision : {"auto", "float32", "bf16", "fp16"}, default="auto"
@@ -555,6 +566,11 @@ or instance
         on average whose foreground is mostly mid-tones
         (:func:`skdccm.data.grey_photographs`): faces and objects photographed in grey, not
         digits or other strokes of ink.
+    refine_ : bool
+        Whether the fit ended with graph refinement (``refine`` resolved).
+    refine_agreement_ : float or None
+        Share of training samples whose cluster the refinement kept (clusters matched one
+        to one); None when the fit was not refined.
 
     See Also
     --------
@@ -614,6 +630,7 @@ or instance
         ablation: str | None = None,
         augmentation: Any = "auto",
         photo_defaults: bool | str = "auto",
+        refine: str | None = "auto",
         device: str = "auto",
         precision: str = "auto",
         compile: bool = False,
@@ -662,6 +679,7 @@ or instance
         self.ablation = ablation
         self.augmentation = augmentation
         self.photo_defaults = photo_defaults
+        self.refine = refine
         self.device = device
         self.precision = precision
         self.compile = compile
@@ -875,4 +893,19 @@ or instance
                     tensor = getattr(layer, name, None)
                     if tensor is not None:
                         tensor.copy_(tensor[order])
+
+    def _head_input(self, module: nn.Module, batch: Tensor) -> Tensor:
+        return module(batch).embedding
+
+    def _set_head(self, module: nn.Module, weight: Tensor, bias: Tensor) -> None:
+        with torch.no_grad():
+            module.cluster.weight.copy_(weight)
+            module.cluster.bias.copy_(bias)
+            # The logits' BatchNorm becomes the identity in eval mode: (x - 0) / sqrt(1).
+            norm = module.cluster_norm
+            norm.running_mean.zero_()
+            norm.running_var.fill_(1.0 - norm.eps)
+            if norm.affine:
+                norm.weight.fill_(1.0)
+                norm.bias.zero_()
 

@@ -1,0 +1,123 @@
+"""Graph refinement of a trained clustering: spectral labels on the learned features, then a
+linear clustering head that reproduces them (``refine="spectral"``).
+
+A network's softmax head cuts its feature space with K hyperplanes. Objects seen from turning
+viewpoints, or one person's faces, lie along curved paths in that space, and the head may cut
+one path in two while it merges two neighbouring ones. Spectral clustering on the features'
+k-nearest-neighbour graph follows the paths instead (Ng, Jordan and Weiss, 2001). The labels
+it finds are then written back into the network as a new last layer: a multinomial logistic
+regression from the head's input to those labels. ``predict`` stays one forward pass, and the
+training labels are the head's own argmax, as without refinement.
+
+Both functions are pure: arrays in, arrays out.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.cluster import spectral_clustering
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import kneighbors_graph
+from sklearn.preprocessing import normalize
+
+#: Neighbours a sample links to in the graph. Measured on DCCM's embeddings of COIL-20 (72
+#: images a cluster), seeds 0-4, mean ACC 0.881 unrefined: 5 gave 0.914 (worst 0.876), 10 gave
+#: 0.917 (worst 0.892), 20 gave 0.896; on ORL (10 a cluster) 10 was as good as 5.
+GRAPH_NEIGHBOURS = 10
+
+#: Inverse L2 strength of the logistic regression that becomes the head. Spectral labels are
+#: linearly separable in the 64-dimensional embedding: at 10 the new head reproduced them on
+#: every training sample of the runs measured (COIL-20, ORL, digits), at 1 on 99.3-100%.
+HEAD_C = 10.0
+
+
+def spectral_labels(features: np.ndarray, n_clusters: int, *, n_neighbors: int = GRAPH_NEIGHBOURS,
+                    random_state: int | None = None) -> np.ndarray:
+    """Spectral clustering of ``features`` on their cosine k-nearest-neighbour graph.
+
+    Parameters
+    ----------
+    features : ndarray of shape (n_samples, n_features)
+        One feature vector per sample; rows are L2-normalised first, so that distances
+        compare directions.
+    n_clusters : int
+        K.
+    n_neighbors : int, default=GRAPH_NEIGHBOURS
+        Neighbours each sample links to; capped at ``n_samples - 1``. The graph is made
+        symmetric (an edge where either sample lists the other).
+    random_state : int or None
+        Seeds the eigensolver's start vector. The labels are read from the eigenvectors by
+        ``cluster_qr``, which draws nothing.
+
+    Returns
+    -------
+    labels : ndarray of shape (n_samples,)
+        Integers in ``[0, n_clusters)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdccm.refinement import spectral_labels
+    >>> angle = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+    >>> circle = np.c_[np.cos(angle), np.sin(angle)]
+    >>> points = np.r_[np.c_[circle, np.zeros(40)], np.c_[circle, 3 * np.ones(40)]]
+    >>> labels = spectral_labels(points + [0, 0, 1], 2, n_neighbors=3, random_state=0)
+    >>> bool(len(set(labels[:40])) == 1 and len(set(labels[40:])) == 1)
+    True
+    """
+    unit = normalize(np.asarray(features, dtype=np.float64))
+    k = max(1, min(int(n_neighbors), len(unit) - 1))
+    graph = kneighbors_graph(unit, k, include_self=True)
+    affinity = 0.5 * (graph + graph.T)
+    with warnings.catch_warnings():
+        # A graph of several components is no fault here: a component is a cluster the
+        # features already separate completely.
+        warnings.filterwarnings("ignore", message="Graph is not fully connected")
+        labels = spectral_clustering(affinity, n_clusters=n_clusters,
+                                     assign_labels="cluster_qr", random_state=random_state)
+    return labels.astype(np.int64)
+
+
+def linear_head(features: np.ndarray, labels: np.ndarray,
+                n_clusters: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weights of a linear softmax layer that predicts ``labels`` from ``features``.
+
+    Parameters
+    ----------
+    features : ndarray of shape (n_samples, n_features)
+        The input of the layer to be replaced.
+    labels : ndarray of shape (n_samples,)
+        Integers in ``[0, n_clusters)``; clusters without samples are allowed.
+    n_clusters : int
+        K, the layer's outputs.
+
+    Returns
+    -------
+    weight : ndarray of shape (n_clusters, n_features)
+    bias : ndarray of shape (n_clusters,)
+        float32. A cluster without samples gets zero weights and a bias far below the
+        others, so that it is never chosen.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    present = np.unique(labels)
+    weight = np.zeros((n_clusters, features.shape[1]))
+    bias = np.zeros(n_clusters)
+    if len(present) == 1:  # nothing to separate: that cluster wins everywhere
+        bias[:] = -1e4
+        bias[present[0]] = 0.0
+        return weight.astype(np.float32), bias.astype(np.float32)
+    with warnings.catch_warnings():
+        # Cluster indices are classes however few samples each has; scikit-learn guesses
+        # "regression" when there are more than half as many classes as samples.
+        warnings.filterwarnings("ignore", message="The number of unique classes")
+        model = LogisticRegression(C=HEAD_C, max_iter=1000).fit(features, labels)
+    if len(present) == 2:  # scikit-learn keeps one row for two classes: logit of the second
+        coef = np.r_[-model.coef_, model.coef_] / 2
+        intercept = np.r_[-model.intercept_, model.intercept_] / 2
+    else:
+        coef, intercept = model.coef_, model.intercept_
+    bias[:] = intercept.min() - 1e4
+    weight[present], bias[present] = coef, intercept
+    return weight.astype(np.float32), bias.astype(np.float32)

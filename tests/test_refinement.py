@@ -1,0 +1,135 @@
+"""Graph refinement (``refine``): the pure functions of ``skdccm.refinement`` and what the
+estimators do with them."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import KMeans
+from sklearn.datasets import make_blobs, make_moons
+from sklearn.metrics import adjusted_rand_score
+
+from skdccm import CRLCClustering, DCCMClustering
+from skdccm.metrics import clustering_accuracy
+from skdccm.refinement import linear_head, spectral_labels
+
+ESTIMATORS = {"dccm": DCCMClustering, "crlc": CRLCClustering}
+
+
+def lifted_moons(n_samples: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two interleaved half circles, lifted off the origin so that their directions (what
+    the cosine graph compares) keep their shapes: curved clusters no hyperplane separates."""
+    points, labels = make_moons(n_samples, noise=0.03, random_state=seed)
+    return np.c_[points, np.full(len(points), 4.0)], labels
+
+
+def test_spectral_labels_follow_curved_clusters_that_kmeans_cuts():
+    points, truth = lifted_moons()
+    labels = spectral_labels(points, 2, random_state=0)
+    assert adjusted_rand_score(truth, labels) == 1.0
+    # the case it exists for: the centroid method cuts each moon
+    kmeans = KMeans(2, n_init=10, random_state=0).fit_predict(points)
+    assert adjusted_rand_score(truth, kmeans) < 0.6
+
+
+def test_spectral_labels_are_in_range_and_reproducible():
+    points, _ = make_blobs(150, n_features=8, centers=5, random_state=1)
+    first = spectral_labels(points, 5, random_state=3)
+    assert first.dtype == np.int64 and first.shape == (150,)
+    assert set(first) <= set(range(5))
+    np.testing.assert_array_equal(first, spectral_labels(points, 5, random_state=3))
+
+
+def test_spectral_labels_with_fewer_samples_than_neighbours():
+    points, _ = make_blobs(6, n_features=3, centers=2, random_state=0)
+    assert spectral_labels(points, 2, n_neighbors=10, random_state=0).shape == (6,)
+
+
+@pytest.mark.parametrize("n_present", [1, 2, 4])
+def test_linear_head_reproduces_separable_labels_and_never_picks_an_empty_cluster(n_present):
+    features, labels = make_blobs(120, n_features=16, centers=n_present, cluster_std=0.5,
+                                  random_state=0)
+    labels = np.array([0, 2, 3, 5])[labels]  # clusters 1 and 4 of 6 stay empty
+    weight, bias = linear_head(features, labels, 6)
+    assert weight.shape == (6, 16) and bias.shape == (6,)
+    assert weight.dtype == bias.dtype == np.float32
+    np.testing.assert_array_equal((features @ weight.T + bias).argmax(axis=1), labels)
+    # nor anywhere else: samples far from the training features avoid the empty clusters
+    elsewhere = np.random.default_rng(0).normal(0.0, 50.0, (500, 16))
+    assert not np.isin((elsewhere @ weight.T + bias).argmax(axis=1), [1, 4]).any()
+
+
+# ---------------------------------------------------------------------------------------
+# the estimators
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_spectral_refinement_makes_the_head_give_the_graph_labels(estimator, digits):
+    X = (digits[0][:300, None] / 255.0).astype(np.float32)  # (N, 1, 8, 8): fed as it is
+    common = {"n_clusters": 10, "max_iter": 2, "batch_size": 64, "random_state": 0}
+    plain = ESTIMATORS[estimator](refine=None, **common).fit(X)
+    assert not plain.refine_ and plain.refine_agreement_ is None
+    refined = ESTIMATORS[estimator](refine="spectral", **common).fit(X)
+    assert refined.refine_
+    # labels_ are the new head's argmax, as predict gives them
+    np.testing.assert_array_equal(refined.predict(X), refined.labels_)
+    np.testing.assert_allclose(refined.predict_proba(X).sum(axis=1), 1.0, rtol=1e-5)
+    # and they are the spectral clusters of the head's input (clusters matched one to one)
+    with torch.no_grad():
+        features = refined._head_input(refined.module_.eval(), torch.from_numpy(X)).numpy()
+    seed = int(np.random.RandomState(0).randint(np.iinfo(np.int32).max))  # as fit draws it
+    expected = spectral_labels(features, 10, random_state=seed)
+    assert clustering_accuracy(expected, refined.labels_) >= 0.99
+    # the agreement reported is with the unrefined head of the same training
+    assert refined.refine_agreement_ == pytest.approx(
+        clustering_accuracy(plain.labels_, expected), abs=0.02)
+    assert 0.0 < refined.refine_agreement_ < 1.0
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_auto_refines_few_photographs_a_cluster_in_the_default_preset_only(
+        estimator, strokes_and_shaded):
+    strokes, shaded = strokes_and_shaded  # 20 images a cluster
+    cls = ESTIMATORS[estimator]
+    common = {"n_clusters": 3, "max_iter": 1, "pretrain_epochs": 1, "batch_size": 32,
+              "refine": "auto", "random_state": 0}
+    assert not cls(**common).fit(strokes).refine_
+    photo = cls(**common).fit(shaded)
+    assert photo.photo_defaults_ and photo.refine_
+    assert 0.0 <= photo.refine_agreement_ <= 1.0
+    many = cls(photo_defaults=True, **common).fit(np.tile(shaded, (6, 1, 1)))
+    assert many.photo_defaults_ and not many.refine_  # 120 a cluster
+    assert not cls(preset="paper", photo_defaults=True, **common).fit(shaded).refine_
+    assert cls(**{**common, "refine": "spectral"}).fit(strokes).refine_
+
+
+def test_refine_defaults():
+    # DCCM's default was measured on the suite (BENCHMARKS.md); CRLC's not yet
+    assert DCCMClustering().refine == "auto" and CRLCClustering().refine is None
+
+
+@pytest.mark.parametrize("value", ["Spectral", "kmeans", True, 1])
+def test_refine_rejects_unknown_values(value, strokes_and_shaded):
+    strokes, _ = strokes_and_shaded
+    with pytest.raises(ValueError, match="refine="):
+        DCCMClustering(n_clusters=3, max_iter=1, refine=value).fit(strokes)
+
+
+def test_verbose_reports_the_refinement(strokes_and_shaded, capsys):
+    strokes, _ = strokes_and_shaded
+    DCCMClustering(n_clusters=3, max_iter=1, batch_size=32, refine="spectral", verbose=1,
+                   random_state=0).fit(strokes)
+    assert "refine: spectral labels" in capsys.readouterr().out
+
+
+def test_linear_head_with_few_samples_a_cluster_warns_nothing():
+    # scikit-learn's guess ("a regression problem?") needs over 20 samples
+    features = np.random.default_rng(0).normal(size=(30, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        weight, _ = linear_head(features, np.arange(30) % 20, 20)
+    assert weight.shape == (20, 4)
