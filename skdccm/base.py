@@ -456,8 +456,9 @@ class DeepClusteringBase(
         """Permute the clustering head's outputs so that new cluster j is old ``order[j]``."""
         raise NotImplementedError
 
-    def _head_input(self, module: nn.Module, batch: Tensor) -> Tensor:
-        """The input ``(B, D)`` of the clustering head's last linear layer, in eval mode."""
+    def _infer_head_input(self, module: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
+        """``(probabilities (B, K), input (B, D) of the clustering head's last linear
+        layer)`` of a batch, in eval mode, from one forward pass."""
         raise NotImplementedError
 
     def _set_head(self, module: nn.Module, weight: Tensor, bias: Tensor) -> None:
@@ -487,12 +488,8 @@ class DeepClusteringBase(
         """Spectral labels on the head's input features of the training data, written back
         as the head's last layer (:mod:`skdccm.refinement`); ``refine_agreement_`` is the
         share of samples that keep their cluster (clusters matched one to one)."""
-        device = self._inference_device()
-        module = _on_device(self.module_, device).eval()
-        probas, features = self._stream(
-            module, ArraySource(X, layout, device), int(self.predict_batch_size),
-            want_embedding=True,
-            infer=lambda m, batch: (self._infer(m, batch)[0], self._head_input(m, batch)))
+        probas, features = self._infer_array(X, layout, want_embedding=True,
+                                             infer=self._infer_head_input)
         labels = spectral_labels(features, self.n_clusters, random_state=seed)
         weight, bias = linear_head(features, labels, self.n_clusters)
         self._set_head(self.module_, torch.from_numpy(weight), torch.from_numpy(bias))
@@ -580,9 +577,11 @@ class DeepClusteringBase(
             check_image_size(layout, self.input_shape_, name)
         return X, layout
 
-    def _infer_array(self, X: np.ndarray, layout: InputLayout,
-                     *, want_embedding: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """Stream ``X`` through the network in fixed batches, without gradient."""
+    def _infer_array(self, X: np.ndarray, layout: InputLayout, *, want_embedding: bool,
+                     infer: Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]] | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Stream ``X`` through the network in fixed batches, without gradient (``infer``:
+        see ``_stream``)."""
         device = self._inference_device()
         module = _on_device(self.module_, device)
         module.eval()
@@ -590,7 +589,7 @@ class DeepClusteringBase(
         while True:
             try:
                 return self._stream(module, ArraySource(X, layout, device), batch_size,
-                                    want_embedding)
+                                    want_embedding, infer)
             except torch.cuda.OutOfMemoryError:
                 if batch_size == 1:
                     raise

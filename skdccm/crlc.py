@@ -806,15 +806,14 @@ class or instance, default=None
     def _reorder_clusters(self, module: nn.Module, order: Tensor) -> None:
         module.heads.permute_clusters(self.selected_head_, order)
 
-    def _head_input(self, module: nn.Module, batch: Tensor) -> Tensor:
-        heads, head = module.heads, self.selected_head_
-        features = module(batch).features
-        return torch.relu(features @ heads.hidden_weight[head] + heads.hidden_bias[head])
+    def _infer_head_input(self, module: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
+        out = module(batch)
+        head = self.selected_head_
+        return (out.logits[head].float().softmax(dim=1),
+                module.heads.hidden(out.features)[head])
 
     def _set_head(self, module: nn.Module, weight: Tensor, bias: Tensor) -> None:
-        with torch.no_grad():
-            module.heads.out_weight[self.selected_head_].copy_(weight.T)
-            module.heads.out_bias[self.selected_head_].copy_(bias[None])
+        module.heads.set_output(self.selected_head_, weight, bias)
 
     def _fingerprint(self, layout: InputLayout, params: dict[str, Any]) -> dict[str, Any]:
         return {**super()._fingerprint(layout, params), "backbone": str(params["backbone"]),

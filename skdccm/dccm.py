@@ -894,8 +894,8 @@ or instance
                     if tensor is not None:
                         tensor.copy_(tensor[order])
 
-    def _head_input(self, module: nn.Module, batch: Tensor) -> Tensor:
-        return module(batch).embedding
+    def _infer_head_input(self, module: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
+        return self._infer(module, batch)  # the embedding is the head's input
 
     def _set_head(self, module: nn.Module, weight: Tensor, bias: Tensor) -> None:
         with torch.no_grad():

@@ -615,8 +615,17 @@ class ClusteringHeads(nn.Module):
         return int(self.hidden_weight.shape[0])
 
     def forward(self, h: Tensor) -> Tensor:
-        hidden = torch.relu(torch.matmul(h, self.hidden_weight) + self.hidden_bias)   # (H, N, D)
-        return torch.baddbmm(self.out_bias, hidden, self.out_weight)                   # (H, N, K)
+        return torch.baddbmm(self.out_bias, self.hidden(h), self.out_weight)          # (H, N, K)
+
+    def hidden(self, h: Tensor) -> Tensor:
+        """Every sub-head's hidden layer ``(H, N, D)``: the input of its output layer."""
+        return torch.relu(torch.matmul(h, self.hidden_weight) + self.hidden_bias)
+
+    def set_output(self, head: int, weight: Tensor, bias: Tensor) -> None:
+        """Make sub-head ``head``'s logits ``hidden @ weight.T + bias`` (weight ``(K, D)``)."""
+        with torch.no_grad():
+            self.out_weight[head].copy_(weight.T)
+            self.out_bias[head].copy_(bias[None])
 
     def permute_clusters(self, head: int, order: Tensor) -> None:
         """Make output j of sub-head ``head`` what output ``order[j]`` was."""

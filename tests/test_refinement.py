@@ -80,7 +80,8 @@ def test_spectral_refinement_makes_the_head_give_the_graph_labels(estimator, dig
     np.testing.assert_allclose(refined.predict_proba(X).sum(axis=1), 1.0, rtol=1e-5)
     # and they are the spectral clusters of the head's input (clusters matched one to one)
     with torch.no_grad():
-        features = refined._head_input(refined.module_.eval(), torch.from_numpy(X)).numpy()
+        features = refined._infer_head_input(refined.module_.eval(),
+                                             torch.from_numpy(X))[1].numpy()
     seed = int(np.random.RandomState(0).randint(np.iinfo(np.int32).max))  # as fit draws it
     expected = spectral_labels(features, 10, random_state=seed)
     assert clustering_accuracy(expected, refined.labels_) >= 0.99
