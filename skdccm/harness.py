@@ -234,6 +234,9 @@ class Run:
     peak_cuda_mb: float = math.nan
     device: str = ""
     n_iter: int | None = None
+    # Share of training samples that kept their cluster through graph refinement (refine_);
+    # None when the fit was not refined.
+    refine_agreement: float | None = None
     labels: np.ndarray | None = None
     estimator: Any = None
 
@@ -272,6 +275,7 @@ def fit_one(method: Method, seed: int, images: np.ndarray, pixels: np.ndarray, y
     first = getattr(estimator, "estimators_", [estimator])[0]  # a consensus: its first run
     run.device = str(getattr(first, "device_", "cpu"))
     run.n_iter = _n_iter(estimator)
+    run.refine_agreement = getattr(estimator, "refine_agreement_", None)  # not a consensus
     run.labels = np.asarray(estimator.labels_)
     run.scores = clustering_scores(y, run.labels)
     precision, recall = bcubed_precision_recall(y, run.labels)
@@ -351,7 +355,7 @@ def _n_iter(estimator) -> int | None:
 
 CSV_COLUMNS = ("dataset", "method", "seed", "status", "n_samples", "n_clusters", "acc", "nmi",
                "ari", "bcubed_precision", "bcubed_recall", "fit_seconds", "peak_rss_mb",
-               "peak_cuda_mb", "device", "n_iter", "note")
+               "peak_cuda_mb", "device", "n_iter", "refine_agreement", "note")
 
 SCORE_KEYS = ("acc", "nmi", "ari")
 
@@ -375,7 +379,8 @@ def write_runs_csv(path: Path, runs: Sequence[Run], dataset: str, n_samples: int
                 "fit_seconds": _fmt(run.fit_seconds, 3),
                 "peak_rss_mb": _fmt(run.peak_rss_mb, 1),
                 "peak_cuda_mb": _fmt(run.peak_cuda_mb, 1), "device": run.device,
-                "n_iter": "" if run.n_iter is None else run.n_iter, "note": run.note,
+                "n_iter": "" if run.n_iter is None else run.n_iter,
+                "refine_agreement": _fmt(run.refine_agreement, 6), "note": run.note,
             })
 
 
@@ -507,6 +512,8 @@ def run_line(index: int, total: int, run: Run) -> str:
     if not math.isnan(run.peak_cuda_mb):
         memory += f", CUDA {run.peak_cuda_mb:.0f} MB"
     epochs = "" if run.n_iter is None else f" {run.n_iter} it"
+    if run.refine_agreement is not None:
+        epochs += f", refined ({run.refine_agreement:.0%} kept)"
     note = f" | {run.note}" if run.note else ""
     return (f"{head}: {scores} | fit {run.fit_seconds:.1f} s{epochs} | {memory} | "
             f"{run.device}{note}")

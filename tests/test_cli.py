@@ -191,6 +191,8 @@ def test_benchmark_csv(benchmark_dir):
         assert row["n_samples"] == "40" and row["n_clusters"] == "10"
         assert float(row["fit_seconds"]) > 0 and row["device"] == "cpu"
     assert {r["n_iter"] for r in rows if r["method"] == "dccm"} == {"1"}
+    # 8x8 digits are not photographs: "auto" does not refine them, so nothing to record.
+    assert {r["refine_agreement"] for r in rows} == {""}
     # The scores are those of the real labels: redo every fit on the same 40 images.
     X, y = load_dataset("digits", n_samples=40, random_state=0)
     pixels = X.reshape(40, -1).astype(np.float32) / 255
@@ -207,6 +209,21 @@ def test_benchmark_csv(benchmark_dir):
                            ("ari", adjusted_rand_score(y, labels)),
                            ("bcubed_precision", precision)):
             assert float(row[key]) == pytest.approx(value, abs=1e-6), (row["method"], key)
+
+
+def test_benchmark_records_refinement(tmp_path, capsys):
+    out = tmp_path / "refined"
+    rc = cli.main(["benchmark", "--dataset", "digits", "--n-samples", "40", "--methods",
+                   "crlc", "--seeds", "1", "--out", str(out), "--no-plots", "--param",
+                   "refine=spectral", *TINY])
+    assert rc == 0
+    (row,) = read_csv(out / "results.csv")
+    refit = skdccm.CRLCClustering(n_clusters=10, max_iter=1, batch_size=16, device="cpu",
+                                  refine="spectral", random_state=0)
+    refit.fit(load_dataset("digits", n_samples=40, random_state=0)[0])
+    assert 0 < refit.refine_agreement_ <= 1
+    assert float(row["refine_agreement"]) == pytest.approx(refit.refine_agreement_, abs=1e-6)
+    assert f"refined ({refit.refine_agreement_:.0%} kept)" in capsys.readouterr().out
 
 
 def test_benchmark_markdown_and_summary(benchmark_dir):
