@@ -201,6 +201,10 @@ class DeepClusteringBase(
         layout = replace(layout, photo_defaults=self.photo_defaults_)
         source.layout = layout
 
+        # Refinement streams the training data once more after training: under max_time,
+        # the last run plans its epochs to leave time for that pass too.
+        refine = self._resolve_refine(layout, n_samples, shard is None)
+        budget.final_passes += refine
         spec = self._with_min_steps(self._train_spec(params, n_samples, layout), params,
                                     n_samples)
         self.pretrain_epochs_ = resolve_pretrain_epochs(
@@ -241,8 +245,7 @@ class DeepClusteringBase(
         self.n_iter_ = result.n_epochs
         self.stopped_by_time_ = budget.cut_short
         self.preset_params_ = preset_params
-        self.refine_ = self._resolve_refine(layout, n_samples, shard is None,
-                                            result.interrupted)
+        self.refine_ = refine and not result.interrupted  # an interrupted fit stops at once
         self.refine_agreement_ = None
         if self.refine_:
             self._refine_head(local, layout, seed)
@@ -465,14 +468,14 @@ class DeepClusteringBase(
         """Make the clustering head's logits ``head_input @ weight.T + bias`` (K rows)."""
         raise NotImplementedError
 
-    def _resolve_refine(self, layout: InputLayout, n_samples: int, single_process: bool,
-                        interrupted: bool) -> bool:
+    def _resolve_refine(self, layout: InputLayout, n_samples: int,
+                        single_process: bool) -> bool:
         """Whether this fit ends with graph refinement (``refine``): ``"auto"`` refines
         images that take the defaults for photographs in the ``"default"`` preset (the
         papers' presets keep their heads) with at most ``PHOTO_MAX_CLUSTER_SIZE`` samples
-        a cluster on average. A data-parallel rank sees its shard only and an interrupted
-        fit stops at once, so neither refines."""
-        if self.refine is None or interrupted:
+        a cluster on average. A data-parallel rank sees its shard only, so it does not
+        refine."""
+        if self.refine is None:
             return False
         if not single_process:
             if self.refine == "spectral":

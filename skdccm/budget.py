@@ -12,9 +12,10 @@ A fit may train several runs in turn (CRLC's pre-training, then clustering; DCCM
 share of the epochs.
 
 What comes after the last run counts too: the passes over the training data that end a fit
-(BatchNorm statistics, the labels, CRLC's choice of sub-head) take as long as an epoch's
-forward passes, minutes on 60,000 colour images on a CPU. Each run ends with one such pass,
-timed; later runs plan their epochs to leave the fit's ``final_passes`` of that duration.
+(BatchNorm statistics, the labels, CRLC's choice of sub-head, the features that graph
+refinement clusters) take as long as an epoch's forward passes, minutes on 60,000 colour
+images on a CPU. Each run ends with one such pass, timed; later runs plan their epochs to
+leave the fit's ``final_passes`` of that duration.
 
 The clock is read once when ``fit`` starts, once when each run starts, once at the end of
 each epoch and, under a finite budget, on both sides of the pass that ends each run; nothing

@@ -496,7 +496,10 @@ class or instance, default=None
         epoch that reaches the budget, and trains at least one epoch. The choice of
         sub-head (two views of every image), the final BatchNorm pass and the labelling of
         the training data follow training: the clustering stage plans its epochs to leave
-        time for them, three times the pre-training's last (timed) pass over the data.
+        time for them, three times the pre-training's last (timed) pass over the data, four
+        when the fit is refined (``refine_``: the refinement's pass; the spectral
+        clustering itself is not planned for, about a second at 100 images a cluster,
+        where ``"auto"`` refines).
         ``stopped_by_time_`` tells whether it shortened training.
     callbacks : callable or list, default=None
         Called as ``cb(estimator, record)`` (or ``cb.on_epoch_end(estimator, record)``) after

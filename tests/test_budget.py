@@ -248,6 +248,17 @@ def test_later_runs_leave_time_for_the_final_passes(cls, X, ticking, expected):
     assert est.stopped_by_time_
 
 
+@pytest.mark.parametrize("cls, expected", [(DCCMClustering, [2, 2]), (CRLCClustering, [1])])
+def test_a_refined_fit_also_leaves_time_for_the_refinement_pass(cls, X, ticking, expected):
+    # As above, with one more pass to leave time for: the refinement's pass over the
+    # training data. Clustering's epoch 1 ends at 70 and 40 s are left, less 30 s (DCCM) or
+    # 40 s (CRLC) for the final passes: one more epoch or none (unrefined: two, or one).
+    est = tiny(cls, pretrain_epochs=2, max_iter=4, max_time=110.0, refine="spectral").fit(X)
+    assert est.refine_
+    assert planned(est, "cluster") == expected
+    assert est.stopped_by_time_
+
+
 def test_crlc_clustering_stage_trains_even_when_pretraining_used_the_budget(X, ticking):
     est = tiny(CRLCClustering, pretrain_epochs=3, max_iter=3, max_time=TICK / 2).fit(X)
     assert [r["stage"] for r in est.history_] == ["pretrain", "cluster"]

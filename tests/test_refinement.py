@@ -8,11 +8,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sklearn.cluster import KMeans
+from sklearn.cluster import KMeans, spectral_clustering
 from sklearn.datasets import make_blobs, make_moons
 from sklearn.metrics import adjusted_rand_score
 
-from skdccm import CRLCClustering, DCCMClustering
+from skdccm import CRLCClustering, DCCMClustering, refinement
 from skdccm.metrics import clustering_accuracy
 from skdccm.refinement import linear_head, spectral_labels
 
@@ -41,6 +41,26 @@ def test_spectral_labels_are_in_range_and_reproducible():
     assert first.dtype == np.int64 and first.shape == (150,)
     assert set(first) <= set(range(5))
     np.testing.assert_array_equal(first, spectral_labels(points, 5, random_state=3))
+
+
+@pytest.mark.parametrize("data", ["moons", "blobs"])
+def test_spectral_labels_are_the_same_with_the_large_sets_eigensolver(data, monkeypatch):
+    points, truth = lifted_moons() if data == "moons" else make_blobs(
+        300, n_features=8, centers=5, random_state=1)
+    k = len(set(truth))
+    solvers = []
+
+    def spy(*args, **kwargs):
+        solvers.append(kwargs["eigen_solver"])
+        return spectral_clustering(*args, **kwargs)
+
+    monkeypatch.setattr(refinement, "spectral_clustering", spy)
+    arpack = spectral_labels(points, k, random_state=0)
+    monkeypatch.setattr(refinement, "ARPACK_MAX_SAMPLES", len(points) - 1)
+    lobpcg = spectral_labels(points, k, random_state=0)
+    assert solvers == ["arpack", "lobpcg"]
+    assert adjusted_rand_score(arpack, lobpcg) == 1.0
+    assert adjusted_rand_score(truth, lobpcg) == 1.0
 
 
 def test_spectral_labels_with_fewer_samples_than_neighbours():
