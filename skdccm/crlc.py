@@ -457,16 +457,16 @@ class or instance, default=None
         ``photo_defaults_``). True or False decides for any images, e.g. for grey
         photographs with more images a cluster, or scans that the rule takes for
         photographs. Parameters you set still win.
-    refine : {"auto", "spectral"} or None, default=None
+    refine : {"auto", "spectral"} or None, default="auto"
         How training ends. ``"spectral"``: spectral clustering of the training data on the
         10-nearest-neighbour graph of the selected sub-head's hidden layer, then a new last
         layer for that sub-head, fitted to reproduce those clusters
         (:mod:`skdccm.refinement`), so that ``predict`` stays one forward pass and
         ``labels_`` is its argmax. ``"auto"``: ``"spectral"`` for images given the
         defaults for photographs (``photo_defaults_``) in the ``"default"`` preset with at
-        most 100 a cluster on average, as in :class:`~skdccm.DCCMClustering`. None (the
-        default, the paper): the trained head as it is; refinement is measured for DCCM,
-        not yet as CRLC's default. A data-parallel or interrupted fit is not refined.
+        most 100 a cluster on average, None otherwise, as in
+        :class:`~skdccm.DCCMClustering`. None: the trained head as it is (the paper). A
+        data-parallel or interrupted fit is not refined.
     device : str, default="auto"
         ``"auto"`` picks CUDA, then Apple MPS, then CPU.
     precision : {"auto", "float32", "bf16", "fp16"}, default="auto"
@@ -635,7 +635,7 @@ class or instance, default=None
         min_steps: int | str | None = None,
         augmentation: Any = "auto",
         photo_defaults: bool | str = "auto",
-        refine: str | None = None,
+        refine: str | None = "auto",
         device: str = "auto",
         precision: str = "auto",
         compile: bool = False,
