@@ -9,7 +9,7 @@ it finds are then written back into the network as a new last layer: a multinomi
 regression from the head's input to those labels. ``predict`` stays one forward pass, and the
 training labels are the head's own argmax, as without refinement.
 
-Both functions are pure: arrays in, arrays out.
+The functions are pure: arrays in, arrays out.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from scipy import sparse
 from sklearn.cluster import spectral_clustering
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import kneighbors_graph
@@ -76,18 +77,36 @@ def spectral_labels(features: np.ndarray, n_clusters: int, *, n_neighbors: int =
     >>> bool(len(set(labels[:40])) == 1 and len(set(labels[40:])) == 1)
     True
     """
+    affinity = neighbour_graph(features, n_neighbors)
+    solver = "arpack" if affinity.shape[0] <= ARPACK_MAX_SAMPLES else "lobpcg"
+    return graph_labels(affinity, n_clusters, eigen_solver=solver, random_state=random_state)
+
+
+def neighbour_graph(features: np.ndarray,
+                    n_neighbors: int = GRAPH_NEIGHBOURS) -> sparse.csr_matrix:
+    """The symmetric cosine k-nearest-neighbour graph that :func:`spectral_labels` cuts.
+
+    Rows are L2-normalised; each lists its ``n_neighbors`` nearest rows (capped at
+    ``n_samples - 1``), itself first. An edge weighs 1 where both rows list each other,
+    1/2 where one does.
+    """
     unit = normalize(np.asarray(features, dtype=np.float64))
     k = max(1, min(int(n_neighbors), len(unit) - 1))
     graph = kneighbors_graph(unit, k, include_self=True)
-    affinity = 0.5 * (graph + graph.T)
+    return 0.5 * (graph + graph.T)
+
+
+def graph_labels(affinity: sparse.spmatrix, n_clusters: int, *, eigen_solver: str,
+                 random_state: int | None = None) -> np.ndarray:
+    """Spectral clusters of a graph (``eigen_solver``: ``"arpack"`` or ``"lobpcg"``), read
+    from its eigenvectors by ``cluster_qr``; int64 labels in ``[0, n_clusters)``."""
     with warnings.catch_warnings():
         # A graph of several components is no fault here: a component is a cluster the
         # features already separate completely.
         warnings.filterwarnings("ignore", message="Graph is not fully connected")
-        labels = spectral_clustering(
-            affinity, n_clusters=n_clusters, assign_labels="cluster_qr",
-            eigen_solver="arpack" if len(unit) <= ARPACK_MAX_SAMPLES else "lobpcg",
-            random_state=random_state)
+        labels = spectral_clustering(affinity, n_clusters=n_clusters,
+                                     assign_labels="cluster_qr", eigen_solver=eigen_solver,
+                                     random_state=random_state)
     return labels.astype(np.int64)
 
 
