@@ -468,7 +468,10 @@ or instance
         for the head, fitted to reproduce those clusters (:mod:`skdccm.refinement`), so
         that ``predict`` stays one forward pass and ``labels_`` is its argmax. It follows
         clusters that curve through the feature space (an object seen from turning angles,
-        one person's faces), which the softmax head cuts with hyperplanes. ``"auto"``:
+        one person's faces), which the softmax head cuts with hyperplanes. For grey images
+        whose graph does not fall into K clean clusters (they leak more than
+        ``refinement.MAX_LEAK`` of their links), the pixels' 10-neighbour graph is added
+        and the graph cut again (``refine_pixels_``). ``"auto"``:
         ``"spectral"`` for images given the defaults for photographs (``photo_defaults_``)
         in the ``"default"`` preset with at most 100 a cluster on average, None otherwise.
         None: the trained head as it is (the paper). A data-parallel or interrupted fit is
@@ -574,6 +577,10 @@ or instance
     refine_agreement_ : float or None
         Share of training samples whose cluster the refinement kept (clusters matched one
         to one); None when the fit was not refined.
+    refine_pixels_ : bool or None
+        Whether the refinement added the pixels' graph to the embedding's (grey images
+        whose embedding's clusters leak more than ``refinement.MAX_LEAK``); None when the
+        fit was not refined.
 
     See Also
     --------

@@ -237,6 +237,8 @@ class Run:
     # Share of training samples that kept their cluster through graph refinement (refine_);
     # None when the fit was not refined.
     refine_agreement: float | None = None
+    # Whether that refinement added the pixels' graph (refine_pixels_); None when unrefined.
+    refine_pixels: bool | None = None
     labels: np.ndarray | None = None
     estimator: Any = None
 
@@ -276,6 +278,7 @@ def fit_one(method: Method, seed: int, images: np.ndarray, pixels: np.ndarray, y
     run.device = str(getattr(first, "device_", "cpu"))
     run.n_iter = _n_iter(estimator)
     run.refine_agreement = getattr(estimator, "refine_agreement_", None)  # not a consensus
+    run.refine_pixels = getattr(estimator, "refine_pixels_", None)
     run.labels = np.asarray(estimator.labels_)
     run.scores = clustering_scores(y, run.labels)
     precision, recall = bcubed_precision_recall(y, run.labels)
@@ -355,7 +358,8 @@ def _n_iter(estimator) -> int | None:
 
 CSV_COLUMNS = ("dataset", "method", "seed", "status", "n_samples", "n_clusters", "acc", "nmi",
                "ari", "bcubed_precision", "bcubed_recall", "fit_seconds", "peak_rss_mb",
-               "peak_cuda_mb", "device", "n_iter", "refine_agreement", "note")
+               "peak_cuda_mb", "device", "n_iter", "refine_agreement", "refine_pixels",
+               "note")
 
 SCORE_KEYS = ("acc", "nmi", "ari")
 
@@ -380,7 +384,9 @@ def write_runs_csv(path: Path, runs: Sequence[Run], dataset: str, n_samples: int
                 "peak_rss_mb": _fmt(run.peak_rss_mb, 1),
                 "peak_cuda_mb": _fmt(run.peak_cuda_mb, 1), "device": run.device,
                 "n_iter": "" if run.n_iter is None else run.n_iter,
-                "refine_agreement": _fmt(run.refine_agreement, 6), "note": run.note,
+                "refine_agreement": _fmt(run.refine_agreement, 6),
+                "refine_pixels": "" if run.refine_pixels is None else run.refine_pixels,
+                "note": run.note,
             })
 
 
@@ -513,7 +519,8 @@ def run_line(index: int, total: int, run: Run) -> str:
         memory += f", CUDA {run.peak_cuda_mb:.0f} MB"
     epochs = "" if run.n_iter is None else f" {run.n_iter} it"
     if run.refine_agreement is not None:
-        epochs += f", refined ({run.refine_agreement:.0%} kept)"
+        pixels = " + pixels" if run.refine_pixels else ""
+        epochs += f", refined{pixels} ({run.refine_agreement:.0%} kept)"
     note = f" | {run.note}" if run.note else ""
     return (f"{head}: {scores} | fit {run.fit_seconds:.1f} s{epochs} | {memory} | "
             f"{run.device}{note}")

@@ -210,8 +210,16 @@ def pixel_neighbours(source: ArraySource, k: int, n_components: int = N_COMPONEN
     -------
     Tensor of shape (n, k + 1), int64, on ``source.device``
     """
+    return nearest_neighbours(pixel_components(source, n_components, batch_size), k)
+
+
+def pixel_components(source: ArraySource, n_components: int = N_COMPONENTS,
+                     batch_size: int = 4096) -> Tensor:
+    """The training samples' pixels as the network sees them, flattened and projected on
+    their top ``n_components`` principal axes: shape (n, n_components), on
+    ``source.device``."""
     flat = torch.cat([batch.flatten(1) for batch in source.batches(batch_size)])  # (n, d)
-    return nearest_neighbours(principal_components(flat, n_components), k)
+    return principal_components(flat, n_components)
 
 
 def feature_neighbours(embed: Callable[[Tensor], Tensor], source: ArraySource, k: int,

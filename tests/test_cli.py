@@ -192,7 +192,7 @@ def test_benchmark_csv(benchmark_dir):
         assert float(row["fit_seconds"]) > 0 and row["device"] == "cpu"
     assert {r["n_iter"] for r in rows if r["method"] == "dccm"} == {"1"}
     # 8x8 digits are not photographs: "auto" does not refine them, so nothing to record.
-    assert {r["refine_agreement"] for r in rows} == {""}
+    assert {r["refine_agreement"] for r in rows} == {r["refine_pixels"] for r in rows} == {""}
     # The scores are those of the real labels: redo every fit on the same 40 images.
     X, y = load_dataset("digits", n_samples=40, random_state=0)
     pixels = X.reshape(40, -1).astype(np.float32) / 255
@@ -223,7 +223,9 @@ def test_benchmark_records_refinement(tmp_path, capsys):
     refit.fit(load_dataset("digits", n_samples=40, random_state=0)[0])
     assert 0 < refit.refine_agreement_ <= 1
     assert float(row["refine_agreement"]) == pytest.approx(refit.refine_agreement_, abs=1e-6)
-    assert f"refined ({refit.refine_agreement_:.0%} kept)" in capsys.readouterr().out
+    assert row["refine_pixels"] == str(refit.refine_pixels_)
+    pixels = " + pixels" if refit.refine_pixels_ else ""
+    assert f"refined{pixels} ({refit.refine_agreement_:.0%} kept)" in capsys.readouterr().out
 
 
 def test_benchmark_markdown_and_summary(benchmark_dir):

@@ -8,13 +8,16 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from scipy import sparse
 from sklearn.cluster import KMeans, spectral_clustering
 from sklearn.datasets import make_blobs, make_moons
 from sklearn.metrics import adjusted_rand_score
 
 from skdccm import CRLCClustering, DCCMClustering, refinement
+from skdccm.data import ArraySource
 from skdccm.metrics import clustering_accuracy
-from skdccm.refinement import linear_head, spectral_labels
+from skdccm.neighbours import pixel_components
+from skdccm.refinement import cluster_leak, linear_head, refined_labels, spectral_labels
 
 ESTIMATORS = {"dccm": DCCMClustering, "crlc": CRLCClustering}
 
@@ -68,6 +71,40 @@ def test_spectral_labels_with_fewer_samples_than_neighbours():
     assert spectral_labels(points, 2, n_neighbors=10, random_state=0).shape == (6,)
 
 
+def test_cluster_leak_is_the_share_of_each_clusters_links_that_leave_it():
+    rng = np.random.default_rng(0)
+    dense = rng.random((30, 30))
+    affinity = (dense + dense.T) * (rng.random((30, 30)) < 0.3)
+    affinity = np.triu(affinity, 1) + np.triu(affinity, 1).T
+    labels = rng.integers(0, 4, 30)
+    shares = [affinity[labels == c][:, labels != c].sum() / affinity[labels == c].sum()
+              for c in range(4)]
+    assert cluster_leak(sparse.csr_matrix(affinity), labels) == pytest.approx(np.mean(shares))
+    # two cliques with no link between them leak nothing
+    blocks = sparse.block_diag([np.ones((5, 5)), np.ones((4, 4))])
+    assert cluster_leak(blocks, np.r_[np.zeros(5), np.ones(4)]) == 0.0
+
+
+def test_refined_labels_add_the_pixels_only_where_the_embeddings_clusters_leak():
+    truth = np.repeat(np.arange(4), 25)
+    centres = np.random.default_rng(1).normal(size=(4, 8)) * 5
+    clean = centres[truth] + np.random.default_rng(2).normal(size=(100, 8)) * 0.3
+
+    def never():
+        raise AssertionError("the pixels were read although the embedding is clean")
+
+    found = refined_labels(clean, 4, pixels=never, random_state=0)
+    assert not found.pixels and found.leak <= refinement.MAX_LEAK
+    assert adjusted_rand_score(truth, found.labels) == 1.0
+    # an embedding that has learned nothing, beside pixels that show the clusters
+    noise = np.random.default_rng(3).normal(size=(100, 8))
+    found = refined_labels(noise, 4, pixels=lambda: clean, random_state=0)
+    assert found.pixels and found.leak > refinement.MAX_LEAK
+    assert adjusted_rand_score(truth, found.labels) > 0.5
+    assert adjusted_rand_score(truth, spectral_labels(noise, 4, random_state=0)) < 0.2
+    assert not refined_labels(noise, 4, pixels=None, random_state=0).pixels
+
+
 @pytest.mark.parametrize("n_present", [1, 2, 4])
 def test_linear_head_reproduces_separable_labels_and_never_picks_an_empty_cluster(n_present):
     features, labels = make_blobs(120, n_features=16, centers=n_present, cluster_std=0.5,
@@ -88,7 +125,9 @@ def test_linear_head_reproduces_separable_labels_and_never_picks_an_empty_cluste
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
-def test_spectral_refinement_makes_the_head_give_the_graph_labels(estimator, digits):
+def test_spectral_refinement_makes_the_head_give_the_graph_labels(estimator, digits,
+                                                                   monkeypatch):
+    monkeypatch.setattr(refinement, "MAX_LEAK", np.inf)  # the embedding's graph alone
     X = (digits[0][:300, None] / 255.0).astype(np.float32)  # (N, 1, 8, 8): fed as it is
     common = {"n_clusters": 10, "max_iter": 2, "batch_size": 64, "random_state": 0}
     plain = ESTIMATORS[estimator](refine=None, **common).fit(X)
@@ -109,6 +148,30 @@ def test_spectral_refinement_makes_the_head_give_the_graph_labels(estimator, dig
     assert refined.refine_agreement_ == pytest.approx(
         clustering_accuracy(plain.labels_, expected), abs=0.02)
     assert 0.0 < refined.refine_agreement_ < 1.0
+    assert refined.refine_pixels_ is False and plain.refine_pixels_ is None
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_refinement_adds_the_pixels_graph_of_grey_images_only(estimator, digits,
+                                                              monkeypatch):
+    monkeypatch.setattr(refinement, "MAX_LEAK", -1.0)  # every graph leaks more than that
+    X = (digits[0][:300, None] / 255.0).astype(np.float32)
+    common = {"n_clusters": 10, "max_iter": 2, "batch_size": 64, "random_state": 0,
+              "refine": "spectral"}
+    refined = ESTIMATORS[estimator](**common).fit(X)
+    assert refined.refine_pixels_ is True
+    with torch.no_grad():
+        features = refined._infer_head_input(refined.module_.eval(),
+                                             torch.from_numpy(X))[1].numpy()
+    _, layout = refined._validate_input(X, reset=False)
+    pixels = pixel_components(ArraySource(X, layout, torch.device("cpu"))).numpy()
+    seed = int(np.random.RandomState(0).randint(np.iinfo(np.int32).max))
+    expected = refined_labels(features, 10, pixels=lambda: pixels, random_state=seed)
+    assert expected.pixels
+    assert clustering_accuracy(expected.labels, refined.labels_) >= 0.99
+    # colour images: the embedding's graph alone, however it leaks
+    colour = np.repeat(X, 3, axis=1)
+    assert ESTIMATORS[estimator](**common).fit(colour).refine_pixels_ is False
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
