@@ -102,26 +102,33 @@ def test_consensus_of_dccm_runs_on_digits():
 COIL20_BARS = (0.79, 0.12)
 
 
-@pytest.mark.slow
-def test_dccm_default_on_coil20_over_seeds():
+def check_photo_set(name, n_clusters, seeds, bars):
+    """DCCM's default on ``name`` from the data folder, one fit a seed: each seed's ACC at
+    least ``bars[0]``, the mean at least KMeans' (same seeds, same pixels) plus ``bars[1]``.
+    Returns the fitted estimators; skips when the set's file is absent."""
     from skdccm.datasets import data_home, load_dataset
 
-    if not (data_home() / "coil20.npz").is_file():
-        pytest.skip(f"{data_home() / 'coil20.npz'} is absent (../shared/data only exists "
-                    "on the project's build machines)")
-    X, y = load_dataset("coil20")
-    seed_bar, margin = COIL20_BARS
-    accs, kmeans = [], []
-    for seed in SEEDS[:2]:
-        est = DCCMClustering(n_clusters=20, random_state=seed).fit(X)
-        assert est.photo_defaults_
-        accs.append(clustering_accuracy(y, est.labels_))
-        pixels = X.reshape(len(X), -1).astype(np.float64) / 255.0
-        kmeans.append(clustering_accuracy(y, KMeans(n_clusters=20, n_init=10,
-                                                    random_state=seed).fit_predict(pixels)))
+    if not (data_home() / f"{name}.npz").is_file():
+        pytest.skip(f"{data_home() / name}.npz is absent (../shared/data only exists on the "
+                    "project's build machines)")
+    X, y = load_dataset(name)
+    pixels = X.reshape(len(X), -1).astype(np.float64) / 255.0
+    seed_bar, margin = bars
+    fitted = [DCCMClustering(n_clusters=n_clusters, random_state=seed).fit(X) for seed in seeds]
+    accs = [clustering_accuracy(y, est.labels_) for est in fitted]
+    kmeans = [clustering_accuracy(y, KMeans(n_clusters=n_clusters, n_init=10,
+                                            random_state=seed).fit_predict(pixels))
+              for seed in seeds]
     assert min(accs) >= seed_bar, f"ACC per seed {np.round(accs, 3)}, bar {seed_bar}"
     assert np.mean(accs) >= np.mean(kmeans) + margin, (
         f"mean ACC {np.mean(accs):.3f}, KMeans {np.mean(kmeans):.3f}, margin {margin}")
+    return fitted
+
+
+@pytest.mark.slow
+def test_dccm_default_on_coil20_over_seeds():
+    fitted = check_photo_set("coil20", 20, SEEDS[:2], COIL20_BARS)
+    assert all(est.photo_defaults_ for est in fitted)
 
 
 #: ORL with DCCM's default (40 people, 10 faces each: the defaults for photographs, and
@@ -137,22 +144,5 @@ ORL_BARS = (0.71, 0.16)
 
 @pytest.mark.slow
 def test_dccm_default_on_orl_over_seeds():
-    from skdccm.datasets import data_home, load_dataset
-
-    if not (data_home() / "orl.npz").is_file():
-        pytest.skip(f"{data_home() / 'orl.npz'} is absent (../shared/data only exists on the "
-                    "project's build machines)")
-    X, y = load_dataset("orl")
-    seed_bar, margin = ORL_BARS
-    accs, kmeans, pixels_added = [], [], []
-    for seed in SEEDS:
-        est = DCCMClustering(n_clusters=40, random_state=seed).fit(X)
-        pixels_added.append(est.refine_pixels_)
-        accs.append(clustering_accuracy(y, est.labels_))
-        pixels = X.reshape(len(X), -1).astype(np.float64) / 255.0
-        kmeans.append(clustering_accuracy(y, KMeans(n_clusters=40, n_init=10,
-                                                    random_state=seed).fit_predict(pixels)))
-    assert min(accs) >= seed_bar, f"ACC per seed {np.round(accs, 3)}, bar {seed_bar}"
-    assert np.mean(accs) >= np.mean(kmeans) + margin, (
-        f"mean ACC {np.mean(accs):.3f}, KMeans {np.mean(kmeans):.3f}, margin {margin}")
-    assert all(pixels_added), pixels_added
+    fitted = check_photo_set("orl", 40, SEEDS, ORL_BARS)
+    assert all(est.refine_pixels_ for est in fitted)
