@@ -511,8 +511,9 @@ class DeepClusteringBase(
         if self.verbose:
             graph = "+ the pixels' graph " if found.pixels else ""
             print(f"refine: spectral labels on a {GRAPH_NEIGHBOURS}-neighbour graph of the "
-                  f"head's input {graph}(its clusters leak {found.leak:.1%} of their links); "
-                  f"{self.refine_agreement_:.1%} of samples keep their cluster", flush=True)
+                  f"head's input {graph}(the embedding's clusters leak {found.leak:.1%} of "
+                  f"their links); {self.refine_agreement_:.1%} of samples keep their "
+                  "cluster", flush=True)
 
     # ------------------------------------------------------------------------------------
     # shared helpers

@@ -462,10 +462,10 @@ class or instance, default=None
         10-nearest-neighbour graph of the selected sub-head's hidden layer, then a new last
         layer for that sub-head, fitted to reproduce those clusters
         (:mod:`skdccm.refinement`), so that ``predict`` stays one forward pass and
-        one person's faces), which the softmax head cuts with hyperplanes. For grey images
-        whose graph does not fall into K clean clusters (they leak more than
-        ``refinement.MAX_LEAK`` of their links), the pixels' 10-neighbour graph is added
-        and the graph cut again (``refine_pixels_``). ``"auto"``:
+        ``labels_`` is its argmax. For grey images whose graph does not fall into K clean
+        clusters (they leak more than ``refinement.MAX_LEAK`` of their links), the pixels'
+        10-neighbour graph is added and the graph cut again (``refine_pixels_``), as in
+        :class:`~skdccm.DCCMClustering`. ``"auto"``: ``"spectral"`` for images given the
         defaults for photographs (``photo_defaults_``) in the ``"default"`` preset with at
         most 100 a cluster on average, None otherwise, as in
         :class:`~skdccm.DCCMClustering`. None: the trained head as it is (the paper). A
