@@ -105,6 +105,21 @@ def test_refined_labels_add_the_pixels_only_where_the_embeddings_clusters_leak()
     assert not refined_labels(noise, 4, pixels=None, random_state=0).pixels
 
 
+def test_refined_labels_weigh_the_pixels_graph_by_pixel_weight(monkeypatch):
+    # an embedding whose four clusters blur into each other (it leaks), and pixels that
+    # group the same samples in another way
+    embedded, pixel_groups = np.repeat(np.arange(4), 25), np.tile(np.arange(4), 25)
+    centres = np.random.default_rng(1).normal(size=(4, 8)) * 5
+    embedding = centres[embedded] + np.random.default_rng(4).normal(size=(100, 8)) * 3.0
+    pixels = centres[pixel_groups] + np.random.default_rng(2).normal(size=(100, 8)) * 0.3
+    alone = spectral_labels(embedding, 4, random_state=0)
+    for weight, expected in ((1e-6, alone), (1e6, pixel_groups)):
+        monkeypatch.setattr(refinement, "PIXEL_WEIGHT", weight)
+        found = refined_labels(embedding, 4, pixels=lambda: pixels, random_state=0)
+        assert found.pixels and found.leak > refinement.MAX_LEAK
+        assert adjusted_rand_score(expected, found.labels) == 1.0, weight
+
+
 @pytest.mark.parametrize("n_present", [1, 2, 4])
 def test_linear_head_reproduces_separable_labels_and_never_picks_an_empty_cluster(n_present):
     features, labels = make_blobs(120, n_features=16, centers=n_present, cluster_std=0.5,
