@@ -51,9 +51,10 @@ ARPACK_MAX_SAMPLES = 5000
 
 #: Largest leak (:func:`cluster_leak`) of the embedding graph's clusters that refinement
 #: accepts alone; above it, the pixels' graph of grey images is added. Measured on trained
-#: embeddings, seeds 0-4 (BENCHMARKS.md): on COIL-20 DCCM's leak 0.005-0.013 and CRLC's
-#: 0.009-0.014, and the pixels' graph would cost DCCM's 0.07-0.12 ACC each; on ORL DCCM's
-#: leak 0.14-0.16 and CRLC's 0.24-0.26, and it gains them 0.015-0.065 and 0.08-0.14 each.
+#: embeddings (BENCHMARKS.md): on COIL-20 DCCM's leak 0.005-0.013 (seeds 0-4) and CRLC's
+#: 0.009-0.014 (seeds 0-2), and the pixels' graph would cost DCCM's 0.07-0.12 ACC each; on
+#: ORL (seeds 0-4) DCCM's leak 0.14-0.16 and CRLC's 0.24-0.26, and the pixels' graph (at
+#: ``PIXEL_WEIGHT``) gains them 0.03-0.07 and 0.12-0.15 each.
 MAX_LEAK = 0.05
 
 #: Weight of the pixels' graph against the embedding's where both are cut together. Measured
