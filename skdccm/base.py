@@ -54,7 +54,7 @@ from .neighbours import (
     resolve_neighbour_count,
     resolve_neighbour_space,
 )
-from .refinement import GRAPH_NEIGHBOURS, linear_head, refined_labels
+from .refinement import CHECK_NEIGHBOURS, GRAPH_NEIGHBOURS, linear_head, refined_labels
 from .training import (
     TrainResult,
     TrainSpec,
@@ -146,6 +146,10 @@ class DeepClusteringBase(
     #: passes over the training data after the last run that ``max_time`` leaves time for:
     #: the BatchNorm statistics and the labels
     _final_passes: ClassVar[int] = 2
+    #: ``refine="auto"`` also refines grey images with more than ``PHOTO_MAX_CLUSTER_SIZE``
+    #: a cluster, where the cut passes the check against the head's clusters
+    #: (:func:`~skdccm.refinement.refined_labels` with ``head``)
+    _refines_many_a_cluster: ClassVar[bool] = False
 
     # ------------------------------------------------------------------------------------
     # scikit-learn API
@@ -205,7 +209,7 @@ class DeepClusteringBase(
         # Refinement streams the training data once more after training: under max_time,
         # the last run plans its epochs to leave time for that pass too.
         refine = self._resolve_refine(layout, n_samples, shard is None)
-        budget.final_passes += refine
+        budget.final_passes += refine is not None
         spec = self._with_min_steps(self._train_spec(params, n_samples, layout), params,
                                     n_samples)
         self.pretrain_epochs_ = resolve_pretrain_epochs(
@@ -246,10 +250,10 @@ class DeepClusteringBase(
         self.n_iter_ = result.n_epochs
         self.stopped_by_time_ = budget.cut_short
         self.preset_params_ = preset_params
-        self.refine_ = refine and not result.interrupted  # an interrupted fit stops at once
         self.refine_agreement_ = self.refine_pixels_ = None
-        if self.refine_:
-            self._refine_head(source, layout, seed)
+        # An interrupted fit stops at once.
+        self.refine_ = (refine is not None and not result.interrupted
+                        and self._refine_head(source, layout, seed, refine == "checked"))
         # Number clusters by decreasing size on the training data: labels are then
         # consecutive from 0 even when some clusters end up empty.
         proba, _ = self._infer_array(local, layout, want_embedding=False)
@@ -470,50 +474,72 @@ class DeepClusteringBase(
         raise NotImplementedError
 
     def _resolve_refine(self, layout: InputLayout, n_samples: int,
-                        single_process: bool) -> bool:
-        """Whether this fit ends with graph refinement (``refine``): ``"auto"`` refines
-        images that take the defaults for photographs in the ``"default"`` preset (the
-        papers' presets keep their heads) with at most ``PHOTO_MAX_CLUSTER_SIZE`` samples
-        a cluster on average. A data-parallel rank sees its shard only, so it does not
-        refine."""
+                        single_process: bool) -> str | None:
+        """How this fit ends (``refine``): ``"spectral"`` (refined), ``"checked"`` (refined
+        where the cut passes the check against the head's clusters) or None (the head as
+        trained). ``"auto"``, in the ``"default"`` preset (the papers' presets keep their
+        heads): ``"spectral"`` for images that take the defaults for photographs with at most
+        ``PHOTO_MAX_CLUSTER_SIZE`` samples a cluster on average; ``"checked"`` for grey
+        images with more a cluster where the estimator's ``_refines_many_a_cluster`` says
+        so. A data-parallel rank sees its shard only, so it does not refine."""
         if self.refine is None:
-            return False
+            return None
         if not single_process:
             if self.refine == "spectral":
                 warnings.warn(f"{type(self).__name__}: refine='spectral' needs all samples "
                               "in one process; a data-parallel fit keeps its head unrefined",
                               UserWarning, stacklevel=3)
-            return False
-        return self.refine == "spectral" or (
-            self.preset == "default" and layout.photographic
-            and n_samples <= PHOTO_MAX_CLUSTER_SIZE * self.n_clusters)
+            return None
+        if self.refine == "spectral":
+            return "spectral"
+        if self.preset != "default":
+            return None
+        few_a_cluster = n_samples <= PHOTO_MAX_CLUSTER_SIZE * self.n_clusters
+        if layout.photographic and few_a_cluster:
+            return "spectral"
+        if (self._refines_many_a_cluster and not few_a_cluster
+                and not is_colour(layout.sample_shape)):
+            return "checked"
+        return None
 
-    def _refine_head(self, source: ArraySource, layout: InputLayout, seed: int) -> None:
+    def _refine_head(self, source: ArraySource, layout: InputLayout, seed: int,
+                     checked: bool) -> bool:
         """Spectral labels on the head's input features of the training data, written back
         as the head's last layer (:mod:`skdccm.refinement`), with the pixels' graph added for
-        grey images where the embedding's clusters leak. ``refine_agreement_`` is the share
-        of samples that keep their cluster (clusters matched one to one), ``refine_pixels_``
-        whether the pixels' graph was added."""
+        grey images where the embedding's clusters leak. ``checked``: only where the cut
+        leaks no more than the head's own clusters on the wider check graph. Returns
+        whether the head was replaced. ``refine_agreement_`` is the share of samples that
+        keep their cluster (clusters matched one to one), ``refine_pixels_`` whether the
+        pixels' graph was added; both stay None when the head is kept."""
         probas, features = self._infer_array(source.array, layout, want_embedding=True,
                                              infer=self._infer_head_input)
+        head = probas.argmax(axis=1)
         # On colour photographs the pixels' neighbours follow colour and background more
         # than content (CIFAR-10: spectral clusters of the pixels 0.24-0.25 ACC, KMeans
         # 0.21-0.22), so only grey images get them.
         pixels = None if is_colour(layout.sample_shape) else (
             lambda: pixel_components(source).cpu().numpy())
-        found = refined_labels(features, self.n_clusters, pixels=pixels, random_state=seed)
+        found = refined_labels(features, self.n_clusters, pixels=pixels,
+                               head=head if checked else None, random_state=seed)
+        checked_at = "" if found.check is None else (
+            f"on a {CHECK_NEIGHBOURS}-neighbour graph the spectral labels leak "
+            f"{found.check[1]:.2%} of their links, the head's clusters {found.check[0]:.2%}")
+        if not found.kept:
+            if self.verbose:
+                print(f"refine: the head is kept ({checked_at})", flush=True)
+            return False
         weight, bias = linear_head(features, found.labels, self.n_clusters)
         self._set_head(self.module_, torch.from_numpy(weight), torch.from_numpy(bias))
         _DEVICE_COPIES.pop(self.module_, None)
-        self.refine_agreement_ = float(clustering_accuracy(probas.argmax(axis=1),
-                                                           found.labels))
+        self.refine_agreement_ = float(clustering_accuracy(head, found.labels))
         self.refine_pixels_ = found.pixels
         if self.verbose:
             graph = "+ the pixels' graph " if found.pixels else ""
             print(f"refine: spectral labels on a {GRAPH_NEIGHBOURS}-neighbour graph of the "
                   f"head's input {graph}(the embedding's clusters leak {found.leak:.1%} of "
-                  f"their links); {self.refine_agreement_:.1%} of samples keep their "
-                  "cluster", flush=True)
+                  f"their links){checked_at and '; ' + checked_at}; "
+                  f"{self.refine_agreement_:.1%} of samples keep their cluster", flush=True)
+        return True
 
     # ------------------------------------------------------------------------------------
     # shared helpers

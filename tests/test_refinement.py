@@ -3,6 +3,7 @@ estimators do with them."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -13,7 +14,7 @@ from sklearn.cluster import KMeans, spectral_clustering
 from sklearn.datasets import make_blobs, make_moons
 from sklearn.metrics import adjusted_rand_score
 
-from skdccm import CRLCClustering, DCCMClustering, refinement
+from skdccm import CRLCClustering, DCCMClustering, base, refinement
 from skdccm.data import ArraySource
 from skdccm.metrics import clustering_accuracy
 from skdccm.neighbours import pixel_components
@@ -120,6 +121,38 @@ def test_refined_labels_weigh_the_pixels_graph_by_pixel_weight(monkeypatch):
         assert adjusted_rand_score(expected, found.labels) == 1.0, weight
 
 
+def split_off_copies(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Three clusters of 200 (the first two touching) and, beside the third, 15 near-copies
+    of one sample, which link only to each other on the 10-neighbour graph: its spectral cut
+    makes them a cluster and merges the two touching ones. Returns (points, true labels)."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0.0, 30.0], [2.0, 0.0, 30.0], [0.0, 8.0, 30.0]])
+    points = np.r_[rng.normal(size=(600, 3)) + np.repeat(centres, 200, axis=0),
+                   centres[2] + [3.5, 0.0, 0.0] + rng.normal(size=(15, 3)) * 0.01]
+    return points, np.r_[np.repeat(np.arange(3), 200), np.full(15, 2)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_refined_labels_check_the_cut_against_the_heads_clusters_at_a_clusters_scale(seed):
+    points, truth = split_off_copies(seed)
+    unchecked = refined_labels(points, 3, random_state=0)
+    assert unchecked.check is None and unchecked.kept
+    copies = set(unchecked.labels[-15:])  # the copies split off, with a neighbour or two
+    assert len(copies) == 1 and np.sum(unchecked.labels == copies.pop()) < 20
+    # a head that has the clusters: on the 100-neighbour graph the copies link out to
+    # their cluster, and the cut leaks more than the head's clusters
+    found = refined_labels(points, 3, head=truth, random_state=0)
+    np.testing.assert_array_equal(found.labels, unchecked.labels)
+    assert found.check[0] == pytest.approx(
+        cluster_leak(refinement.neighbour_graph(points, refinement.CHECK_NEIGHBOURS), truth))
+    assert found.check[1] > found.check[0] and not found.kept
+    # a head that mixed half the third cluster into the first: the cut is better
+    mixed = truth.copy()
+    mixed[400:500] = 0
+    found = refined_labels(points, 3, head=mixed, random_state=0)
+    assert found.check[1] < found.check[0] and found.kept
+
+
 @pytest.mark.parametrize("n_present", [1, 2, 4])
 def test_linear_head_reproduces_separable_labels_and_never_picks_an_empty_cluster(n_present):
     features, labels = make_blobs(120, n_features=16, centers=n_present, cluster_std=0.5,
@@ -200,10 +233,60 @@ def test_auto_refines_few_photographs_a_cluster_in_the_default_preset_only(
     photo = cls(**common).fit(shaded)
     assert photo.photo_defaults_ and photo.refine_
     assert 0.0 <= photo.refine_agreement_ <= 1.0
-    many = cls(photo_defaults=True, **common).fit(np.tile(shaded, (6, 1, 1)))
+    many = DCCMClustering(photo_defaults=True, **common).fit(np.tile(shaded, (6, 1, 1)))
     assert many.photo_defaults_ and not many.refine_  # 120 a cluster
     assert not cls(preset="paper", photo_defaults=True, **common).fit(shaded).refine_
     assert cls(**{**common, "refine": "spectral"}).fit(strokes).refine_
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_auto_checks_the_cut_of_grey_images_with_many_a_cluster_for_crlc_only(
+        estimator, digits, monkeypatch):
+    heads = []
+
+    def spy(*args, head=None, **kwargs):
+        heads.append(head)
+        return refined_labels(*args, head=head, **kwargs)
+
+    monkeypatch.setattr(base, "refined_labels", spy)
+    grey = digits[0][:303, None]  # 101 a cluster
+    common = {"n_clusters": 3, "max_iter": 1, "pretrain_epochs": 0, "min_steps": 0,
+              "batch_size": 128, "random_state": 0}
+    cls = ESTIMATORS[estimator]
+    cls(**common).fit(grey)
+    assert [h is not None and len(h) == len(grey) for h in heads] == (
+        [True] if estimator == "crlc" else [])
+    heads.clear()
+    cls(**common).fit(grey[:300])  # 100 a cluster: the head as trained
+    cls(**common).fit(np.repeat(grey, 3, axis=1))  # colour: not measured, not refined
+    assert heads == []
+    cls(refine="spectral", **common).fit(grey)  # asked for: refined, unchecked
+    assert len(heads) == 1 and heads[0] is None
+
+
+@pytest.mark.parametrize(("check", "kept"), [((0.0, 1.0), False), ((1.0, 0.0), True)])
+def test_a_checked_cut_replaces_the_head_only_where_it_passes(check, kept, digits,
+                                                              monkeypatch, capsys):
+    def forced(*args, **kwargs):
+        return dataclasses.replace(refined_labels(*args, **kwargs), check=check)
+
+    grey = digits[0][:303, None]  # 101 a cluster
+    common = {"n_clusters": 3, "max_iter": 1, "pretrain_epochs": 0, "min_steps": 0,
+              "batch_size": 128, "random_state": 0}
+    monkeypatch.setattr(base, "refined_labels", forced)
+    est = CRLCClustering(verbose=1, **common).fit(grey)
+    out = capsys.readouterr().out
+    assert f"on a {refinement.CHECK_NEIGHBOURS}-neighbour graph" in out
+    assert est.refine_ is kept
+    if kept:
+        assert 0.0 < est.refine_agreement_ < 1.0 and est.refine_pixels_ is False
+        assert "refine: spectral labels" in out
+    else:  # the trained head, untouched
+        assert est.refine_agreement_ is None and est.refine_pixels_ is None
+        plain = CRLCClustering(refine=None, **common).fit(grey)
+        assert "refine: the head is kept" in out
+        np.testing.assert_array_equal(est.labels_, plain.labels_)
+        np.testing.assert_array_equal(est.predict_proba(grey), plain.predict_proba(grey))
 
 
 def test_refine_defaults():
