@@ -44,20 +44,24 @@ def kmeans_accuracy(X, y, seed):
 
 def check_over_seeds(cls, X, y):
     seed_bar, margin = BARS[cls]
-    accs = [clustering_accuracy(y, cls(n_clusters=10, random_state=s).fit_predict(X))
-            for s in SEEDS]
+    fitted = [cls(n_clusters=10, random_state=s).fit(X) for s in SEEDS]
+    accs = [clustering_accuracy(y, est.labels_) for est in fitted]
     kmeans = np.mean([kmeans_accuracy(X, y, s) for s in SEEDS])
     name = cls.__name__
     assert min(accs) >= seed_bar, f"{name} ACC per seed {np.round(accs, 3)}, bar {seed_bar}"
     assert np.mean(accs) >= kmeans + margin, (
         f"{name} mean ACC {np.mean(accs):.3f}, KMeans {kmeans:.3f}, required margin {margin}")
+    return fitted
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cls", list(BARS), ids=lambda cls: cls.__name__)
 def test_default_beats_kmeans_on_digits_over_seeds(cls):
     X, y = load_digits_images()
-    check_over_seeds(cls, X, y)
+    fitted = check_over_seeds(cls, X, y)
+    # DCCM does not refine these; CRLC's cut splits 27 near-identical 1s off as a cluster
+    # (ACC about 0.88), and the check against the head's clusters refuses it.
+    assert not any(est.refine_ for est in fitted)
 
 
 @pytest.mark.slow
@@ -103,8 +107,8 @@ def test_consensus_of_dccm_runs_on_digits():
 COIL20_BARS = (0.88, 0.20)
 
 
-def check_photo_set(name, n_clusters, seeds, bars):
-    """DCCM's default on ``name`` from the data folder, one fit a seed: each seed's ACC at
+def check_data_set(name, n_clusters, seeds, bars, cls=DCCMClustering):
+    """``cls``'s default on ``name`` from the data folder, one fit a seed: each seed's ACC at
     least ``bars[0]``, the mean at least KMeans' (same seeds, same pixels) plus ``bars[1]``.
     Returns the fitted estimators; skips when the set's file is absent."""
     from skdccm.datasets import data_home, load_dataset
@@ -115,7 +119,7 @@ def check_photo_set(name, n_clusters, seeds, bars):
     X, y = load_dataset(name)
     pixels = X.reshape(len(X), -1).astype(np.float64) / 255.0
     seed_bar, margin = bars
-    fitted = [DCCMClustering(n_clusters=n_clusters, random_state=seed).fit(X) for seed in seeds]
+    fitted = [cls(n_clusters=n_clusters, random_state=seed).fit(X) for seed in seeds]
     accs = [clustering_accuracy(y, est.labels_) for est in fitted]
     kmeans = [clustering_accuracy(y, KMeans(n_clusters=n_clusters, n_init=10,
                                             random_state=seed).fit_predict(pixels))
@@ -128,7 +132,7 @@ def check_photo_set(name, n_clusters, seeds, bars):
 
 @pytest.mark.slow
 def test_dccm_default_on_coil20_over_seeds():
-    fitted = check_photo_set("coil20", 20, SEEDS, COIL20_BARS)
+    fitted = check_data_set("coil20", 20, SEEDS, COIL20_BARS)
     assert all(est.photo_defaults_ for est in fitted)
     assert not any(est.refine_pixels_ for est in fitted)
 
@@ -146,5 +150,20 @@ ORL_BARS = (0.73, 0.17)
 
 @pytest.mark.slow
 def test_dccm_default_on_orl_over_seeds():
-    fitted = check_photo_set("orl", 40, SEEDS, ORL_BARS)
+    fitted = check_data_set("orl", 40, SEEDS, ORL_BARS)
     assert all(est.refine_pixels_ for est in fitted)
+
+
+#: USPS with CRLC's default (9,298 digits, 930 a class: refined where the spectral cut
+#: passes the check against the head's clusters): seeds 0-4 gave ACC 0.977 / 0.976 / 0.975
+#: / 0.978 / 0.976, KMeans 0.667 (``benchmarks/results/crlc-refined-usps``, one CPU
+#: thread); the head alone gave 0.923-0.930. Per seed: the issue's target, 0.95, below the
+#: measured mean minus two standard deviations; the 3-seed mean must beat KMeans by 0.25
+#: (measured: 0.31).
+USPS_CRLC_BARS = (0.95, 0.25)
+
+
+@pytest.mark.slow
+def test_crlc_default_on_usps_over_seeds():
+    fitted = check_data_set("usps", 10, SEEDS, USPS_CRLC_BARS, cls=CRLCClustering)
+    assert all(est.refine_ for est in fitted)
