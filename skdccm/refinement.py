@@ -234,7 +234,7 @@ def neighbour_graph(features: np.ndarray,
     """The symmetric cosine k-nearest-neighbour graph that :func:`spectral_labels` cuts.
 
     Rows are L2-normalised; each lists its ``n_neighbors`` nearest rows (capped at
-    ``n_samples - 1``), itself first. An edge weighs 1 where both rows list each other,
+    ``n_samples - 1``), itself among them. An edge weighs 1 where both rows list each other,
     1/2 where one does.
     """
     unit = normalize(np.asarray(features, dtype=np.float64))
@@ -242,11 +242,12 @@ def neighbour_graph(features: np.ndarray,
 
 
 def _neighbour_lists(unit: np.ndarray, n_neighbors: int) -> np.ndarray:
-    """Each row's ``n_neighbors`` nearest rows (capped at ``n_samples - 1``), nearest first,
-    itself first: an int array of shape (n_samples, k)."""
+    """Each row's ``n_neighbors`` nearest rows (capped at ``n_samples - 1``), itself among
+    them, nearest first: an int array of shape (n_samples, k)."""
     k = max(1, min(int(n_neighbors), len(unit) - 1))
     search = NearestNeighbors(n_neighbors=k).fit(unit)
-    # kneighbors(X) lists a row itself first (distance 0), before a duplicate of it.
+    # Queried with the rows it was fitted on, each row is among its own neighbours, as in
+    # kneighbors_graph(..., include_self=True) (an exact duplicate may come before it).
     return search.kneighbors(unit, k, return_distance=False)
 
 
