@@ -250,7 +250,7 @@ class DeepClusteringBase(
         self.n_iter_ = result.n_epochs
         self.stopped_by_time_ = budget.cut_short
         self.preset_params_ = preset_params
-        self.refine_agreement_ = self.refine_pixels_ = None
+        self.refine_agreement_ = self.refine_pixels_ = self.refine_check_ = None
         # An interrupted fit stops at once.
         self.refine_ = (refine is not None and not result.interrupted
                         and self._refine_head(source, layout, seed, refine == "checked"))
@@ -510,7 +510,8 @@ class DeepClusteringBase(
         leaks no more than the head's own clusters on the wider check graph. Returns
         whether the head was replaced. ``refine_agreement_`` is the share of samples that
         keep their cluster (clusters matched one to one), ``refine_pixels_`` whether the
-        pixels' graph was added; both stay None when the head is kept."""
+        pixels' graph was added (both stay None when the head is kept), ``refine_check_``
+        the check's two leaks (None unchecked)."""
         probas, features = self._infer_array(source.array, layout, want_embedding=True,
                                              infer=self._infer_head_input)
         head = probas.argmax(axis=1)
@@ -521,6 +522,7 @@ class DeepClusteringBase(
             lambda: pixel_components(source).cpu().numpy())
         found = refined_labels(features, self.n_clusters, pixels=pixels,
                                head=head if checked else None, random_state=seed)
+        self.refine_check_ = found.check
         checked_at = "" if found.check is None else (
             f"on a {CHECK_NEIGHBOURS}-neighbour graph the spectral labels leak "
             f"{found.check[1]:.2%} of their links, the head's clusters {found.check[0]:.2%}")

@@ -580,6 +580,11 @@ class or instance, default=None
         Whether the refinement added the pixels' graph to the embedding's (grey images
         whose embedding's clusters leak more than ``refinement.MAX_LEAK``); None when the
         fit was not refined.
+    refine_check_ : tuple of float or None
+        Where ``"auto"`` checked the cut: the leak (``refinement.cluster_leak``) of the
+        head's clusters and of the spectral clusters on the 100-neighbour graph of the
+        head's input; the cut replaced the head where the second is not larger
+        (``refine_``). None where no check ran.
 
     See Also
     --------

@@ -581,6 +581,10 @@ or instance
         Whether the refinement added the pixels' graph to the embedding's (grey images
         whose embedding's clusters leak more than ``refinement.MAX_LEAK``); None when the
         fit was not refined.
+    refine_check_ : tuple of float or None
+        As in :class:`~skdccm.CRLCClustering`, whose ``refine="auto"`` checks its cut on
+        grey images with more than 100 a cluster; DCCM's ``"auto"`` does not refine those,
+        so this is None.
 
     See Also
     --------

@@ -239,6 +239,9 @@ class Run:
     refine_agreement: float | None = None
     # Whether that refinement added the pixels' graph (refine_pixels_); None when unrefined.
     refine_pixels: bool | None = None
+    # The leaks of the head's clusters and of the cut where the cut was checked
+    # (refine_check_); None where no check ran.
+    refine_check: tuple[float, float] | None = None
     labels: np.ndarray | None = None
     estimator: Any = None
 
@@ -279,6 +282,7 @@ def fit_one(method: Method, seed: int, images: np.ndarray, pixels: np.ndarray, y
     run.n_iter = _n_iter(estimator)
     run.refine_agreement = getattr(estimator, "refine_agreement_", None)  # not a consensus
     run.refine_pixels = getattr(estimator, "refine_pixels_", None)
+    run.refine_check = getattr(estimator, "refine_check_", None)
     run.labels = np.asarray(estimator.labels_)
     run.scores = clustering_scores(y, run.labels)
     precision, recall = bcubed_precision_recall(y, run.labels)
@@ -521,6 +525,8 @@ def run_line(index: int, total: int, run: Run) -> str:
     if run.refine_agreement is not None:
         pixels = " + pixels" if run.refine_pixels else ""
         epochs += f", refined{pixels} ({run.refine_agreement:.0%} kept)"
+    elif run.refine_check is not None:
+        epochs += ", head kept (the cut leaks more at 100 neighbours)"
     note = f" | {run.note}" if run.note else ""
     return (f"{head}: {scores} | fit {run.fit_seconds:.1f} s{epochs} | {memory} | "
             f"{run.device}{note}")

@@ -228,6 +228,14 @@ def test_benchmark_records_refinement(tmp_path, capsys):
     assert f"refined{pixels} ({refit.refine_agreement_:.0%} kept)" in capsys.readouterr().out
 
 
+def test_run_line_says_where_the_check_kept_the_head():
+    run = harness.Run(harness.Method("crlc", "crlc"), seed=0, scores=dict.fromkeys(
+        harness.SCORE_KEYS, 0.9), fit_seconds=1.0, n_iter=3, refine_check=(0.07, 0.12))
+    assert ", head kept (the cut leaks more at 100 neighbours)" in harness.run_line(1, 1, run)
+    run.refine_check = None
+    assert "head kept" not in harness.run_line(1, 1, run)
+
+
 def test_benchmark_markdown_and_summary(benchmark_dir):
     text = (benchmark_dir / "results.md").read_text()
     table = [line for line in text.splitlines() if line.startswith("| ")]

@@ -158,7 +158,7 @@ def test_no_loader_progress_bar_or_device_handle_on_self(images, verbose, capsys
                             "labels_", "module_", "n_features_in_", "n_iter_", "n_neighbors_",
                             "neighbor_space_", "photo_defaults_", "preset_params_",
                             "pretrain_epochs_", "refine_", "refine_agreement_",
-                            "refine_pixels_", "stopped_by_time_"]
+                            "refine_check_", "refine_pixels_", "stopped_by_time_"]
     # The module holds weights and buffers only: every tensor on CPU, no optimiser state.
     assert all(t.device.type == "cpu" for t in est.module_.state_dict().values())
     assert not any(isinstance(v, torch.optim.Optimizer) for v in vars(est.module_).values())

@@ -197,6 +197,7 @@ def test_spectral_refinement_makes_the_head_give_the_graph_labels(estimator, dig
         clustering_accuracy(plain.labels_, expected), abs=0.02)
     assert 0.0 < refined.refine_agreement_ < 1.0
     assert refined.refine_pixels_ is False and plain.refine_pixels_ is None
+    assert refined.refine_check_ is None and plain.refine_check_ is None  # asked for: unchecked
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
@@ -277,7 +278,7 @@ def test_a_checked_cut_replaces_the_head_only_where_it_passes(check, kept, digit
     est = CRLCClustering(verbose=1, **common).fit(grey)
     out = capsys.readouterr().out
     assert f"on a {refinement.CHECK_NEIGHBOURS}-neighbour graph" in out
-    assert est.refine_ is kept
+    assert est.refine_ is kept and est.refine_check_ == check
     if kept:
         assert 0.0 < est.refine_agreement_ < 1.0 and est.refine_pixels_ is False
         assert "refine: spectral labels" in out
