@@ -33,6 +33,7 @@ import numpy as np
 from .console import CommandError, EpochProgress, Progress, format_duration, one_line
 from .figures import plot_confusion, plot_embedding, plot_learning_curve
 from .metrics import bcubed_precision_recall, clustering_accuracy, clustering_scores
+from .refinement import CHECK_NEIGHBOURS
 
 #: Deep methods by family name; the class is looked up lazily in ``skdccm``.
 DEEP_FAMILIES = {"dccm": "DCCMClustering", "crlc": "CRLCClustering"}
@@ -526,7 +527,7 @@ def run_line(index: int, total: int, run: Run) -> str:
         pixels = " + pixels" if run.refine_pixels else ""
         epochs += f", refined{pixels} ({run.refine_agreement:.0%} kept)"
     elif run.refine_check is not None:
-        epochs += ", head kept (the cut leaks more at 100 neighbours)"
+        epochs += f", head kept (the cut leaks more at {CHECK_NEIGHBOURS} neighbours)"
     note = f" | {run.note}" if run.note else ""
     return (f"{head}: {scores} | fit {run.fit_seconds:.1f} s{epochs} | {memory} | "
             f"{run.device}{note}")

@@ -141,9 +141,8 @@ def refined_labels(features: np.ndarray, n_clusters: int, *,
     """
     unit = normalize(np.asarray(features, dtype=np.float64))
     # One neighbour search serves both graphs: the check's lists begin with the cut's.
-    wide = None if head is None else _neighbour_lists(unit, CHECK_NEIGHBOURS)
-    affinity = _symmetric(_neighbour_lists(unit, GRAPH_NEIGHBOURS) if wide is None
-                          else wide[:, :GRAPH_NEIGHBOURS])
+    lists = _neighbour_lists(unit, GRAPH_NEIGHBOURS if head is None else CHECK_NEIGHBOURS)
+    affinity = _symmetric(lists[:, :GRAPH_NEIGHBOURS])
     solver = _eigen_solver(affinity.shape[0])
     labels = graph_labels(affinity, n_clusters, eigen_solver=solver, random_state=random_state)
     leak = cluster_leak(affinity, labels)
@@ -153,9 +152,9 @@ def refined_labels(features: np.ndarray, n_clusters: int, *,
         labels = graph_labels(affinity, n_clusters, eigen_solver=solver,
                               random_state=random_state)
     check = None
-    if wide is not None:
-        wide_graph = _symmetric(wide)
-        check = (cluster_leak(wide_graph, head), cluster_leak(wide_graph, labels))
+    if head is not None:
+        wide = _symmetric(lists)
+        check = (cluster_leak(wide, head), cluster_leak(wide, labels))
     return Refinement(labels, leak, added, check)
 
 

@@ -240,6 +240,11 @@ def test_auto_refines_few_photographs_a_cluster_in_the_default_preset_only(
     assert cls(**{**common, "refine": "spectral"}).fit(strokes).refine_
 
 
+#: One quick epoch on 3 clusters, no warm start: enough to reach the refinement.
+ONE_EPOCH = {"n_clusters": 3, "max_iter": 1, "pretrain_epochs": 0, "min_steps": 0,
+             "batch_size": 128, "random_state": 0}
+
+
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_auto_checks_the_cut_of_grey_images_with_many_a_cluster_for_crlc_only(
         estimator, digits, monkeypatch):
@@ -250,18 +255,16 @@ def test_auto_checks_the_cut_of_grey_images_with_many_a_cluster_for_crlc_only(
         return refined_labels(*args, head=head, **kwargs)
 
     monkeypatch.setattr(base, "refined_labels", spy)
-    grey = digits[0][:303, None]  # 101 a cluster
-    common = {"n_clusters": 3, "max_iter": 1, "pretrain_epochs": 0, "min_steps": 0,
-              "batch_size": 128, "random_state": 0}
+    grey = digits[0][:303, None]  # 101 a cluster: checked by CRLC's "auto"
     cls = ESTIMATORS[estimator]
-    cls(**common).fit(grey)
+    cls(**ONE_EPOCH).fit(grey)
     assert [h is not None and len(h) == len(grey) for h in heads] == (
         [True] if estimator == "crlc" else [])
     heads.clear()
-    cls(**common).fit(grey[:300])  # 100 a cluster: the head as trained
-    cls(**common).fit(np.repeat(grey, 3, axis=1))  # colour: not measured, not refined
+    cls(**ONE_EPOCH).fit(grey[:300])  # 100 a cluster: the head as trained
+    cls(**ONE_EPOCH).fit(np.repeat(grey, 3, axis=1))  # colour: not measured, not refined
     assert heads == []
-    cls(refine="spectral", **common).fit(grey)  # asked for: refined, unchecked
+    cls(refine="spectral", **ONE_EPOCH).fit(grey)  # asked for: refined, unchecked
     assert len(heads) == 1 and heads[0] is None
 
 
@@ -271,11 +274,9 @@ def test_a_checked_cut_replaces_the_head_only_where_it_passes(check, kept, digit
     def forced(*args, **kwargs):
         return dataclasses.replace(refined_labels(*args, **kwargs), check=check)
 
-    grey = digits[0][:303, None]  # 101 a cluster
-    common = {"n_clusters": 3, "max_iter": 1, "pretrain_epochs": 0, "min_steps": 0,
-              "batch_size": 128, "random_state": 0}
+    grey = digits[0][:303, None]  # 101 a cluster: checked by CRLC's "auto"
     monkeypatch.setattr(base, "refined_labels", forced)
-    est = CRLCClustering(verbose=1, **common).fit(grey)
+    est = CRLCClustering(verbose=1, **ONE_EPOCH).fit(grey)
     out = capsys.readouterr().out
     assert f"on a {refinement.CHECK_NEIGHBOURS}-neighbour graph" in out
     assert est.refine_ is kept and est.refine_check_ == check
@@ -284,7 +285,7 @@ def test_a_checked_cut_replaces_the_head_only_where_it_passes(check, kept, digit
         assert "refine: spectral labels" in out
     else:  # the trained head, untouched
         assert est.refine_agreement_ is None and est.refine_pixels_ is None
-        plain = CRLCClustering(refine=None, **common).fit(grey)
+        plain = CRLCClustering(refine=None, **ONE_EPOCH).fit(grey)
         assert "refine: the head is kept" in out
         np.testing.assert_array_equal(est.labels_, plain.labels_)
         np.testing.assert_array_equal(est.predict_proba(grey), plain.predict_proba(grey))
