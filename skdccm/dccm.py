@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .augment import AffineAugmentation, dccm_view, resolve_affine, resolve_contrastive
@@ -25,6 +26,7 @@ from .distributed import SINGLE_PROCESS, Collective
 from .losses import (
     balance_loss,
     jsd_mutual_information_loss,
+    nt_xent_loss,
     pseudo_graph,
     pseudo_graph_loss,
     pseudo_label_loss,
@@ -39,7 +41,7 @@ from .networks import (
     make_backbone,
     use_batch_statistics,
 )
-from .pretraining import ContrastiveWarmStart
+from .pretraining import PROJECTION_DIM, ContrastiveWarmStart
 from .training import (
     CHECKPOINT_NAME,
     ChunkTargets,
@@ -59,7 +61,8 @@ ABLATIONS = {
     "M4": {"robustness": True, "labels": True, "mi": True},      # + triplet MI: full DCCM
 }
 
-#: NT-Xent temperature of the warm start (``pretrain_epochs``): CRLC's.
+#: NT-Xent temperature of the warm start (``pretrain_epochs``): CRLC's. The instance term of
+#: the clustering stage (``instance_weight``) uses it too.
 WARM_START_TEMPERATURE = 0.1
 
 #: ``min_steps="auto"`` (the default preset): at least this many optimiser steps per cluster
@@ -76,7 +79,7 @@ _PAPER = {
     "alpha": 5.0, "beta": 0.1, "graph_threshold": 0.95, "confidence_threshold": 0.9,
     "pseudo_label_loss": "ce", "original_view_loss": True, "balance_weight": 0.0,
     "bn_batch_stats": True, "n_negatives": 2, "mi_hidden": 512, "n_neighbors": 0,
-    "min_steps": 0, "pretrain_epochs": 0,
+    "min_steps": 0, "pretrain_epochs": 0, "instance_weight": 0.0,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -194,13 +197,19 @@ class DCCMObjective(nn.Module):
         Non-neighbours drawn per anchor for the MI loss.
     mi_hidden : int
         Width of the discriminator's two hidden 1x1-convolution layers.
+    instance_weight : float, default=0.0
+        Weight of NT-Xent between the embeddings of each image and of its augmented view
+        (0 in the paper); needs both views.
+    embedding_dim : int, default=64
+        Width of the network's embedding (input of the instance term's projection head).
     """
 
     def __init__(self, *, n_clusters: int, shallow_channels: int, components: dict[str, bool],
                  alpha: float, beta: float, graph_threshold: float,
                  confidence_threshold: float, pseudo_label_form: str, original_view: bool,
                  augmentation: AffineAugmentation | None, value_range: tuple[float, float],
-                 balance_weight: float, n_negatives: int, mi_hidden: int) -> None:
+                 balance_weight: float, n_negatives: int, mi_hidden: int,
+                 instance_weight: float = 0.0, embedding_dim: int = 64) -> None:
         super().__init__()
         self.n_clusters = n_clusters
         self.components = components
@@ -212,9 +221,16 @@ class DCCMObjective(nn.Module):
         self.original_view = original_view or self.augmentation is None
         self.value_range = value_range
         self.balance_weight = balance_weight
+        self.instance_weight = instance_weight
         self.n_negatives = n_negatives
         self.discriminator = (MIDiscriminator(shallow_channels, n_clusters, mi_hidden)
                               if components["mi"] else None)
+        # A projection head of the objective's own, as SimCLR and the warm start have: the
+        # loss compares projections, not the embedding the clustering layer reads.
+        self.projection = (nn.Sequential(nn.Linear(embedding_dim, embedding_dim),
+                                         nn.ReLU(inplace=True),
+                                         nn.Linear(embedding_dim, PROJECTION_DIM))
+                           if instance_weight > 0 else None)
 
     def prepare(self, module: nn.Module, images: Tensor,
                 collective: Collective = SINGLE_PROCESS) -> ChunkTargets:
@@ -281,6 +297,13 @@ class DCCMObjective(nn.Module):
                                                    out.deep[last].float(), graph, generator,
                                                    collective)
             loss = loss + self.beta * parts["mi"]
+        if self.projection is not None:
+            # The embedding of each image against its augmented view's (views are
+            # [original, augmented] here: the estimator checks that both are drawn).
+            z = F.normalize(self.projection(out.embedding.float()), dim=1)     # (2m, P)
+            z1, z2 = collective.gather(z, groups=2).chunk(2)                   # (n, P)
+            parts["instance"] = nt_xent_loss(z1, z2, WARM_START_TEMPERATURE)
+            loss = loss + self.instance_weight * parts["instance"]
         if self.balance_weight > 0:
             parts["balance"] = balance_loss(probs)
             loss = loss + self.balance_weight * parts["balance"]
@@ -416,6 +439,14 @@ or instance
     balance_weight : float, default=None
         Weight of ``log K - H(mean prediction)``, which keeps clusters from collapsing
         (paper: 0; default: 1).
+    instance_weight : float, default=None
+        Weight of an instance-contrastive term (not in the paper): NT-Xent between the
+        embeddings of each image and of its augmented view (the same views as the local
+        robustness loss, no extra forward pass), through a projection head of the
+        objective's own, so that the embedding keeps telling images apart while the
+        clustering losses group them. Needs both views (``original_view_loss=True``, an
+        augmentation, ablation M2 or later). Paper: 0; default: 0 (measured in
+        BENCHMARKS.md, "DCCM on the digit sets").
     bn_batch_stats : bool, default=None
         Normalise with batch statistics in prediction too (released code; predictions then
         depend on the batch: keep ``predict_batch_size`` large). Default: False.
@@ -635,6 +666,7 @@ or instance
         pseudo_label_loss: str | None = None,
         original_view_loss: bool | None = None,
         balance_weight: float | None = None,
+        instance_weight: float | None = None,
         bn_batch_stats: bool | None = None,
         n_negatives: int | None = None,
         mi_hidden: int | None = None,
@@ -684,6 +716,7 @@ or instance
         self.pseudo_label_loss = pseudo_label_loss
         self.original_view_loss = original_view_loss
         self.balance_weight = balance_weight
+        self.instance_weight = instance_weight
         self.bn_batch_stats = bn_batch_stats
         self.n_negatives = n_negatives
         self.mi_hidden = mi_hidden
@@ -717,13 +750,13 @@ or instance
             raise ValueError(f"{name}: unknown ablation {self.ablation!r}; choose one of "
                              + ", ".join(repr(a) for a in ABLATIONS) + " or None")
         for key in ("graph_threshold", "confidence_threshold", "alpha", "beta",
-                    "balance_weight", "weight_decay"):
+                    "balance_weight", "instance_weight", "weight_decay"):
             if not isinstance(params[key], numbers.Real) or isinstance(params[key], bool):
                 raise TypeError(f"{name}: {key}={params[key]!r} must be a number")
         for key in ("graph_threshold", "confidence_threshold"):
             if not 0.0 < params[key] <= 1.0:
                 raise ValueError(f"{name}: {key}={params[key]!r} must be in (0, 1]")
-        for key in ("alpha", "beta", "balance_weight", "weight_decay"):
+        for key in ("alpha", "beta", "balance_weight", "instance_weight", "weight_decay"):
             if params[key] < 0:
                 raise ValueError(f"{name}: {key}={params[key]!r} must be >= 0")
         sizes = {key: params[key] for key in ("target_batch_size", "passes_per_target",
@@ -746,21 +779,33 @@ or instance
                                  layout.photographic)
         shallow_channels, n_features = infer_output_shapes(backbone, layout.sample_shape)
         module = DCCMNetwork(backbone, n_features, self.n_clusters)
+        augmentation = resolve_affine(self.augmentation, layout.sample_shape,
+                                      layout.photographic)
+        components = ABLATIONS[self.ablation or "M4"]
+        if params["instance_weight"] > 0 and not (
+                params["original_view_loss"] and components["robustness"]
+                and augmentation is not None):
+            raise ValueError(
+                f"{type(self).__name__}: instance_weight={params['instance_weight']!r} "
+                "compares each image with its augmented view; it needs both views: "
+                "original_view_loss=True, an augmentation other than 'none' and ablation "
+                "M2 or later (or set instance_weight=0)")
         if isinstance(self.backbone, str):
             init_kaiming_(module.backbone)
         if params["bn_batch_stats"]:
             use_batch_statistics(module)
         objective = DCCMObjective(
             n_clusters=self.n_clusters, shallow_channels=shallow_channels,
-            components=ABLATIONS[self.ablation or "M4"], alpha=params["alpha"],
+            components=components, alpha=params["alpha"],
             beta=params["beta"], graph_threshold=params["graph_threshold"],
             confidence_threshold=params["confidence_threshold"],
             pseudo_label_form=params["pseudo_label_loss"],
             original_view=params["original_view_loss"],
-            augmentation=resolve_affine(self.augmentation, layout.sample_shape,
-                                        layout.photographic),
+            augmentation=augmentation,
             value_range=layout.value_range, balance_weight=params["balance_weight"],
             n_negatives=params["n_negatives"], mi_hidden=params["mi_hidden"],
+            instance_weight=params["instance_weight"],
+            embedding_dim=module.cluster.in_features,
         )
         return module, objective
 

@@ -166,7 +166,7 @@ PAPER_VALUES = {
     "weight_decay": 0.0, "alpha": 5.0, "beta": 0.1, "graph_threshold": 0.95,
     "confidence_threshold": 0.9, "pseudo_label_loss": "ce", "original_view_loss": True,
     "balance_weight": 0.0, "bn_batch_stats": True, "n_negatives": 2, "mi_hidden": 512,
-    "n_neighbors": 0, "min_steps": 0, "pretrain_epochs": 0,
+    "n_neighbors": 0, "min_steps": 0, "pretrain_epochs": 0, "instance_weight": 0.0,
 }
 
 
@@ -256,6 +256,55 @@ def test_balance_term_enters_the_loss_with_its_weight(make_dccm, X):
     assert set(p) == {"graph", "label", "balance"}
     assert est.history_[0]["loss"] == pytest.approx(p["graph"] + p["label"]
                                                     + 0.7 * p["balance"], rel=1e-5)
+
+
+def test_instance_term_enters_the_loss_with_its_weight(make_dccm, X):
+    est = make_dccm(ablation="M2", balance_weight=0.0, instance_weight=0.6).fit(X)
+    p = est.history_[0]["loss_parts"]
+    assert set(p) == {"graph", "instance"}
+    assert est.history_[0]["loss"] == pytest.approx(p["graph"] + 0.6 * p["instance"],
+                                                    rel=1e-5)
+    assert "instance" not in make_dccm().fit(X).history_[0]["loss_parts"]   # default: off
+
+
+def test_instance_term_is_nt_xent_of_the_two_views_projected_embeddings(digit_images,
+                                                                         monkeypatch):
+    torch.manual_seed(0)
+    images = torch.from_numpy(digit_images[:12]).float().div(16.0).unsqueeze(1)  # (12,1,8,8)
+    augmented = images.flip(-1)                       # a stand-in view, known to the test
+    monkeypatch.setattr(dccm_module, "dccm_view", lambda *args: augmented)
+    backbone = ShallowAlexNet(1, (8, 8))
+    shallow_channels, n_features = dccm_module.infer_output_shapes(backbone, (1, 8, 8))
+    module = DCCMNetwork(backbone, n_features, 3).eval()         # rows independent of batch
+    objective = dccm_module.DCCMObjective(
+        n_clusters=3, shallow_channels=shallow_channels,
+        components=dccm_module.ABLATIONS["M2"],
+        alpha=0.0, beta=0.0, graph_threshold=0.95, confidence_threshold=0.9,
+        pseudo_label_form="ce", original_view=True,
+        augmentation=dccm_module.resolve_affine("digits", (1, 8, 8)), value_range=(0.0, 1.0),
+        balance_weight=0.0, n_negatives=2, mi_hidden=8, instance_weight=0.3)
+    targets = objective.prepare(module, images)
+    result = objective.step(module, images, targets, torch.arange(12), torch.Generator())
+
+    def projected(x):
+        with torch.no_grad():
+            z = objective.projection.double()(module(x).embedding.double())
+            return torch.nn.functional.normalize(z, dim=1)
+
+    want = dccm_module.nt_xent_loss(projected(images), projected(augmented),
+                                    dccm_module.WARM_START_TEMPERATURE)
+    assert float(result.parts["instance"]) == pytest.approx(float(want), rel=1e-5)
+    assert float(result.loss) == pytest.approx(
+        float(result.parts["graph"]) + 0.3 * float(want), rel=1e-5)
+
+
+@pytest.mark.parametrize("params", [
+    {"ablation": "M1"}, {"augmentation": "none"}, {"original_view_loss": False},
+    {"preset": "code"},
+])
+def test_instance_term_needs_both_views(make_dccm, X, params):
+    with pytest.raises(ValueError, match=r"instance_weight=0\.5 compares each image"):
+        make_dccm(instance_weight=0.5, **params).fit(X)
 
 
 @pytest.mark.parametrize(("original_view_loss", "rows"), [(True, 32), (False, 16)])

@@ -159,6 +159,7 @@ def test_numpy_ints_are_accepted_as_sizes(images, tiny):
     ({"alpha": -1.0}, "alpha=-1.0 must be >= 0"),
     ({"beta": -0.5}, "beta=-0.5 must be >= 0"),
     ({"balance_weight": -1}, "balance_weight=-1 must be >= 0"),
+    ({"instance_weight": -0.5}, "instance_weight=-0.5 must be >= 0"),
     ({"weight_decay": -1e-4}, "weight_decay=-0.0001 must be >= 0"),
     ({"graph_threshold": 0.0}, r"graph_threshold=0.0 must be in \(0, 1\]"),
     ({"graph_threshold": 1.5}, r"graph_threshold=1.5 must be in \(0, 1\]"),
