@@ -22,6 +22,7 @@ import torch.distributed as dist
 from sklearn.datasets import load_digits
 
 from skdccm import CRLCClustering, DCCMClustering
+from skdccm.augment import AffineAugmentation
 from skdccm.base import _with_range
 from skdccm.data import ArraySource, value_range
 from skdccm.distributed import global_batchnorm, resolve_strategy
@@ -33,6 +34,13 @@ STEP_ESTIMATORS = {
     "dccm": lambda: DCCMClustering(n_clusters=10, augmentation="none", random_state=0),
     "crlc": lambda: CRLCClustering(n_clusters=10, augmentation="none", n_heads=2,
                                    random_state=0),
+    # The instance term pairs each image with its view across ranks. An identity
+    # augmentation keeps the views independent of how ranks draw them; without the MI
+    # loss (M3), whose triplets are drawn after the views from the same generator.
+    "dccm-instance": lambda: DCCMClustering(
+        n_clusters=10, instance_weight=1.0, ablation="M3", random_state=0,
+        augmentation=AffineAugmentation(rotation=0.0, shift=0.0, zoom=(1.0, 1.0),
+                                        channel_shift=0.0, flip=False, multiply=1.0)),
 }
 STEP_IMAGES = 64
 FIT_IMAGES = 301  # odd: the last shard is padded
