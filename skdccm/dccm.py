@@ -197,10 +197,10 @@ class DCCMObjective(nn.Module):
         Non-neighbours drawn per anchor for the MI loss.
     mi_hidden : int
         Width of the discriminator's two hidden 1x1-convolution layers.
-    instance_weight : float, default=0.0
+    instance_weight : float
         Weight of NT-Xent between the embeddings of each image and of its augmented view
-        (0 in the paper); needs both views.
-    embedding_dim : int, default=64
+        (0 in the paper); needs both views (``two_views``).
+    embedding_dim : int
         Width of the network's embedding (input of the instance term's projection head).
     """
 
@@ -209,7 +209,7 @@ class DCCMObjective(nn.Module):
                  confidence_threshold: float, pseudo_label_form: str, original_view: bool,
                  augmentation: AffineAugmentation | None, value_range: tuple[float, float],
                  balance_weight: float, n_negatives: int, mi_hidden: int,
-                 instance_weight: float = 0.0, embedding_dim: int = 64) -> None:
+                 instance_weight: float, embedding_dim: int) -> None:
         super().__init__()
         self.n_clusters = n_clusters
         self.components = components
@@ -231,6 +231,11 @@ class DCCMObjective(nn.Module):
                                          nn.ReLU(inplace=True),
                                          nn.Linear(embedding_dim, PROJECTION_DIM))
                            if instance_weight > 0 else None)
+
+    @property
+    def two_views(self) -> bool:
+        """Whether a step draws both the un-augmented images and an augmented view."""
+        return self.original_view and self.augmentation is not None
 
     def prepare(self, module: nn.Module, images: Tensor,
                 collective: Collective = SINGLE_PROCESS) -> ChunkTargets:
@@ -299,7 +304,7 @@ class DCCMObjective(nn.Module):
             loss = loss + self.beta * parts["mi"]
         if self.projection is not None:
             # The embedding of each image against its augmented view's (views are
-            # [original, augmented] here: the estimator checks that both are drawn).
+            # [original, augmented]: the estimator refuses the term without two_views).
             z = F.normalize(self.projection(out.embedding.float()), dim=1)     # (2m, P)
             z1, z2 = collective.gather(z, groups=2).chunk(2)                   # (n, P)
             parts["instance"] = nt_xent_loss(z1, z2, WARM_START_TEMPERATURE)
@@ -779,34 +784,31 @@ or instance
                                  layout.photographic)
         shallow_channels, n_features = infer_output_shapes(backbone, layout.sample_shape)
         module = DCCMNetwork(backbone, n_features, self.n_clusters)
-        augmentation = resolve_affine(self.augmentation, layout.sample_shape,
-                                      layout.photographic)
-        components = ABLATIONS[self.ablation or "M4"]
-        if params["instance_weight"] > 0 and not (
-                params["original_view_loss"] and components["robustness"]
-                and augmentation is not None):
-            raise ValueError(
-                f"{type(self).__name__}: instance_weight={params['instance_weight']!r} "
-                "compares each image with its augmented view; it needs both views: "
-                "original_view_loss=True, an augmentation other than 'none' and ablation "
-                "M2 or later (or set instance_weight=0)")
         if isinstance(self.backbone, str):
             init_kaiming_(module.backbone)
         if params["bn_batch_stats"]:
             use_batch_statistics(module)
         objective = DCCMObjective(
             n_clusters=self.n_clusters, shallow_channels=shallow_channels,
-            components=components, alpha=params["alpha"],
+            components=ABLATIONS[self.ablation or "M4"], alpha=params["alpha"],
             beta=params["beta"], graph_threshold=params["graph_threshold"],
             confidence_threshold=params["confidence_threshold"],
             pseudo_label_form=params["pseudo_label_loss"],
             original_view=params["original_view_loss"],
-            augmentation=augmentation,
+            augmentation=resolve_affine(self.augmentation, layout.sample_shape,
+                                        layout.photographic),
             value_range=layout.value_range, balance_weight=params["balance_weight"],
             n_negatives=params["n_negatives"], mi_hidden=params["mi_hidden"],
             instance_weight=params["instance_weight"],
             embedding_dim=module.cluster.in_features,
         )
+        # The objective decides which views a step draws (ablation, augmentation, flag).
+        if objective.projection is not None and not objective.two_views:
+            raise ValueError(
+                f"{type(self).__name__}: instance_weight={params['instance_weight']!r} "
+                "compares each image with its augmented view; it needs both views: "
+                "original_view_loss=True, an augmentation other than 'none' and ablation "
+                "M2 or later (or set instance_weight=0)")
         return module, objective
 
     def _train_spec(self, params: dict[str, Any], n_samples: int,

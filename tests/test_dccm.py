@@ -282,7 +282,8 @@ def test_instance_term_is_nt_xent_of_the_two_views_projected_embeddings(digit_im
         alpha=0.0, beta=0.0, graph_threshold=0.95, confidence_threshold=0.9,
         pseudo_label_form="ce", original_view=True,
         augmentation=dccm_module.resolve_affine("digits", (1, 8, 8)), value_range=(0.0, 1.0),
-        balance_weight=0.0, n_negatives=2, mi_hidden=8, instance_weight=0.3)
+        balance_weight=0.0, n_negatives=2, mi_hidden=8, instance_weight=0.3,
+        embedding_dim=module.cluster.in_features)
     targets = objective.prepare(module, images)
     result = objective.step(module, images, targets, torch.arange(12), torch.Generator())
 
